@@ -9,7 +9,13 @@ from hypothesis import strategies as st
 
 from core_problems import TinyMLP, make_closures, mlp_batch
 from verl_ext.core import ConfigError, GXPOConfig, GXPORule, SFPOConfig, ZScoreGate, build_config, build_update_rule
-from verl_ext.core.extrapolation import geometric_scale, geometric_scale_reference, retention_ratio
+from verl_ext.core.extrapolation import (
+    geometric_scale,
+    geometric_scale_,
+    geometric_scale_reference,
+    retention_ratio,
+    retention_ratio_,
+)
 
 # ---------------------------------------------------------------------------------------------- gate
 
@@ -148,7 +154,14 @@ def test_ratio_and_scale_never_nan_or_inf(g0, g1, K, bounds):
     s = geometric_scale(r, K, 1e-8)
     assert torch.isfinite(r).all() and torch.isfinite(s).all()
     assert ((r >= bounds[0]) & (r <= bounds[1])).all()
-    assert not act[~torch.isfinite(a)].any()
+    assert not act[torch.isnan(a)].any()
+    # the in-place versions the rule runs give finite values in range too, and s = 1 off the active set
+    r2 = b.clone()
+    act2 = retention_ratio_(r2, a, 1e-10, bounds[0], bounds[1])
+    assert torch.isfinite(r2).all() and ((r2 >= bounds[0]) & (r2 <= bounds[1])).all()
+    geometric_scale_(r2, K, 1e-8)
+    assert torch.isfinite(r2).all()
+    assert (r2[~act2] == 1.0).all()
 
 
 @settings(max_examples=200, deadline=None)

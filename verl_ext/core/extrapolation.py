@@ -9,6 +9,39 @@ from __future__ import annotations
 import torch
 
 
+def retention_ratio_(g1: torch.Tensor, g0: torch.Tensor, active_eps: float, ratio_min: float, ratio_max: float,
+                     clip_coef: float = 1.0) -> torch.Tensor:
+    """In place: overwrite ``g1`` with the clamped ratio ``(g1 / clip_coef) / g0`` on A, 0 off A; return the mask of A.
+
+    ``clip_coef`` undoes a global clip applied to ``g1``. NaN in ``g0`` is inactive; any non-finite
+    quotient is mapped into ``[ratio_min, ratio_max]`` by ``nan_to_num`` and the clamp.
+    """
+    active = g0.abs() > active_eps
+    g1.div_(g0)
+    if clip_coef != 1.0:
+        g1.div_(clip_coef)
+    g1.nan_to_num_(nan=0.0, posinf=ratio_max, neginf=ratio_min).clamp_(ratio_min, ratio_max)
+    g1.mul_(active)
+    return active
+
+
+def geometric_scale_(r: torch.Tensor, K: int, scale_eps: float) -> torch.Tensor:
+    """In place: overwrite ``r`` (values in [-1, 1]) with ``S_K(r) / S_2(r)``; see :func:`geometric_scale`.
+
+    For ``r >= 0`` everywhere (the default clamp [0, 1]) this is a short in-place sequence:
+    ``-expm1(K log r) / ((1 - r)(1 + r))`` with the 0/0 at ``r = 1`` replaced by its limit ``K/2``
+    (``log 0 = -inf`` gives exactly ``s(0) = 1``). Negative ratios take the general path.
+    """
+    if r.numel() and bool((r < 0).any()):
+        r.copy_(geometric_scale(r, K, scale_eps))
+        return r
+    den = 1.0 - r
+    den.mul_(r + 1.0)
+    r.log_().mul_(K).expm1_().neg_()
+    r.div_(den).nan_to_num_(nan=K / 2.0, posinf=K / 2.0)
+    return r
+
+
 def retention_ratio(g1: torch.Tensor, g0: torch.Tensor, active_eps: float, ratio_min: float, ratio_max: float):
     """Return ``(r, active)``: the clamped ratio ``g1 / g0`` on ``A = {|g0| > active_eps}`` and the mask of A.
 

@@ -30,7 +30,7 @@ import torch
 
 from .config import GXPOConfig, SFPOConfig, UPDATE_RULES, build_config
 from .dist import Comm, chunks, local
-from .extrapolation import geometric_scale, retention_ratio
+from .extrapolation import geometric_scale_, retention_ratio_
 from .gate import ZScoreGate
 
 CHUNK_NUMEL = 1 << 22  # elements per chunk of per-coordinate scratch work
@@ -69,7 +69,8 @@ def _finite(x: float) -> bool:
 
 
 def _sq(t: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.vector_norm(t, 2, dtype=torch.float64) ** 2
+    """Squared 2-norm accumulated as float64 (the chunk itself is reduced in its own dtype)."""
+    return torch.linalg.vector_norm(t, 2).to(torch.float64) ** 2
 
 
 class UpdateRule:
@@ -400,17 +401,16 @@ class GXPORule(_GatedRule):
                     continue
                 for gc, bc in zip(chunks(g, CHUNK_NUMEL), chunks(b, CHUNK_NUMEL)):
                     g0c = bc.to(dev, non_blocking=True) if nb else bc
-                    g1c = gc / clip_coef if clip_coef != 1.0 else gc
-                    r, act = retention_ratio(g1c, g0c, c.active_eps, c.ratio_min, c.ratio_max)
-                    s = torch.where(act, geometric_scale(r, c.K, c.scale_eps), torch.ones_like(r))
+                    act = retention_ratio_(gc, g0c, c.active_eps, c.ratio_min, c.ratio_max, clip_coef)
+                    n_act = act.sum()
                     stats[0] += gc.numel()
-                    stats[1] += act.sum()
-                    stats[2] += torch.sum(r * act, dtype=torch.float64)
-                    stats[3] += torch.sum(s * act, dtype=torch.float64)
+                    stats[1] += n_act
+                    stats[2] += torch.sum(gc, dtype=torch.float64)  # r = 0 off the active set
                     idx = slice((-seen) % sample_stride, None, sample_stride)
-                    samples.append(r.reshape(-1)[idx][act.reshape(-1)[idx]].to(torch.float32))
+                    samples.append(gc.reshape(-1)[idx][act.reshape(-1)[idx]].to(torch.float32))
                     seen += gc.numel()
-                    gc.copy_(s)  # s now lives in this parameter's gradient buffer
+                    geometric_scale_(gc, c.K, c.scale_eps)  # s(0) = 1 exactly off the active set
+                    stats[3] += torch.sum(gc, dtype=torch.float64) - (gc.numel() - n_act)
 
             # 6-7. displacement and reposition, in place: p <- theta0 + alpha * s * (p - theta0)
             disp_sq = torch.zeros((), dtype=torch.float64, device=dev)
@@ -421,9 +421,9 @@ class GXPORule(_GatedRule):
                     ad = ac.to(dev, non_blocking=True) if nb else ac
                     pc.sub_(ad)
                     disp_sq += _sq(pc)
-                    pc.mul_(sc).mul_(c.alpha)
+                    pc.mul_(sc)
                     repos_sq += _sq(pc)
-                    pc.add_(ad)
+                    torch.add(ad, pc, alpha=c.alpha, out=pc)
         self.comm.all_reduce_sum(stats)
         sums = torch.stack([disp_sq, repos_sq])
         self.comm.all_reduce_sum(sums)
@@ -435,7 +435,7 @@ class GXPORule(_GatedRule):
             probe_grad_norm_1=n1,
             inactive_frac=1.0 - n_act / numel if numel else 0.0,
             displacement_norm=math.sqrt(sums[0].item()),
-            reposition_norm=math.sqrt(sums[1].item()),
+            reposition_norm=c.alpha * math.sqrt(sums[1].item()),
         )
         if n_act > 0:
             out.update(self._metric(retention_ratio_mean=sum_r / n_act, scale_mean=sum_s / n_act))
