@@ -1,0 +1,39 @@
+"""verl adapter: the v1 trainer mode that runs the GXPO actor worker.
+
+verl 0.9.1's v1 ``PPOTrainer._init_resource_pool_mgr`` hard-codes ``ActorRolloutRefWorker`` for the
+actor roles. The registered trainer ``gxpo_sync`` (``trainer.v1.trainer_mode=gxpo_sync``) is verl's
+synchronous trainer (``sync``) with that worker swapped for :class:`GXPOActorRolloutRefWorker`;
+rollout, reward, reference, advantage, validation and checkpoint logic are verl's own.
+
+Importing this module registers the mode. It must be imported inside verl's TaskRunner Ray actor;
+this package's ``verl.plugins`` entry point (``verl_ext.plugins``) makes every process that imports
+verl do so, and ``recipe.gxpo.main_gxpo`` also exports ``VERL_USE_EXTERNAL_MODULES=verl_ext.plugins``
+into the Ray runtime env for clusters where the package is only on the job's working dir.
+"""
+
+from __future__ import annotations
+
+import ray
+
+from verl.trainer.ppo.utils import Role
+from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY, register_trainer
+from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+
+from .actor_worker import GXPOActorRolloutRefWorker
+
+TRAINER_MODE = "gxpo_sync"
+_ACTOR_ROLES = (Role.Actor, Role.ActorRollout, Role.ActorRolloutRef)
+
+
+class GXPOTrainerSync(PPOTrainerSync):
+    """verl's synchronous v1 trainer, actor roles served by :class:`GXPOActorRolloutRefWorker`."""
+
+    def _init_resource_pool_mgr(self):
+        super()._init_resource_pool_mgr()
+        for role in list(self.role_worker_mapping):
+            if role in _ACTOR_ROLES:
+                self.role_worker_mapping[role] = ray.remote(GXPOActorRolloutRefWorker)
+
+
+if TRAINER_REGISTRY.get(TRAINER_MODE) is None:
+    register_trainer(TRAINER_MODE)(GXPOTrainerSync)
