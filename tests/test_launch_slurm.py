@@ -52,14 +52,18 @@ echo "ray $* pid=$$" >> {log}
 echo $$ >> {tmp_path}/ray.pids
 exec sleep 60
 """)
-    # python: the readiness checks succeed; the launcher call is recorded
+    # python: the Jobs API check succeeds at once, the node count check once every fake ray process
+    # has registered (like the real check, which waits for the workers); the launcher call is recorded
     _exe(bin_ / "fakepython", f"""#!/bin/bash
 if [[ "$1" == "-m" ]]; then printf '%s\\n' "$@" > {tmp_path}/launcher.args; exit ${{LAUNCH_RC:-0}}; fi
-cat > /dev/null
+script=$(cat)
+if [[ "$script" == *ray.nodes* ]]; then
+  [[ -f {tmp_path}/ray.pids && $(wc -l < {tmp_path}/ray.pids) -ge $3 ]] || exit 1
+fi
 exit 0
 """)
     env = {"PATH": f"{bin_}:/usr/bin:/bin", "SLURM_JOB_NODELIST": "node[1-2]", "GPUS_PER_NODE": "4",
-           "PYTHON": "fakepython", "PROJECT_DIR": str(ROOT), "RAY_START_TIMEOUT": "20", "HOME": str(tmp_path)}
+           "PYTHON": "fakepython", "PROJECT_DIR": str(ROOT), "RAY_START_TIMEOUT": "30", "RAY_POLL_S": "0.2", "HOME": str(tmp_path)}
     return tmp_path, env, log
 
 

@@ -82,9 +82,9 @@ def test_dry_run_json(capsys, monkeypatch):
     monkeypatch.setenv("HF_HOME", "/shared/hf")
     monkeypatch.setenv("HF_TOKEN", "hf_secret")  # secret-looking: never passed through implicitly
     job = _dry(capsys, submit, ["--name", "llama3.2-3b_gxpo_k5", "--env", "FOO=bar", "--env", "WANDB_API_KEY=s3cret",
-                                "--dry-run", "--", "model=llama3.2-3b", "method=gxpo_k5", "trainer.total_training_steps=300"])
+                                "--dry-run", "--", "base_model=llama3.2-3b", "method=gxpo_k5", "trainer.total_training_steps=300"])
     assert set(job) == {"entrypoint", "submission_id", "runtime_env", "metadata"}
-    assert job["entrypoint"] == ("python -m recipe.gxpo.main_gxpo model=llama3.2-3b method=gxpo_k5 "
+    assert job["entrypoint"] == ("python -m recipe.gxpo.main_gxpo base_model=llama3.2-3b method=gxpo_k5 "
                                  "trainer.total_training_steps=300 trainer.experiment_name=llama3.2-3b_gxpo_k5")
     assert job["submission_id"] == "llama3.2-3b_gxpo_k5"
     renv = job["runtime_env"]
@@ -125,6 +125,8 @@ def test_user_logger_and_experiment_name_are_kept():
     job = submit.build_job("r", ["trainer.logger=[console]", "trainer.experiment_name=mine"], log_dir="/tmp/x",
                            env_passthrough=False)
     assert job["entrypoint"].count("trainer.logger") == 1 and job["entrypoint"].count("experiment_name") == 1
+    job = submit.build_job("r", ["experiment=paper_math"], env_passthrough=False, set_experiment_name=False)
+    assert "experiment_name" not in job["entrypoint"]
 
 
 def test_address_resolution(monkeypatch):
@@ -209,7 +211,7 @@ def test_table1_preset_size_and_filters(capsys):
     names = {j["submission_id"] for j in jobs}
     assert "table1_qwen2.5-1.5b_grpo" in names and "table1_llama3.2-3b_gxpo_k10" in names
     j = next(j for j in jobs if j["submission_id"] == "table1_qwen2.5-7b_sfpo_k5")
-    assert "model=qwen2.5-7b method=sfpo_k5" in j["entrypoint"]
+    assert "experiment=paper_math base_model=qwen2.5-7b method=sfpo_k5" in j["entrypoint"]
     meta = runmeta.merge_meta(runmeta.meta_from_name(j["submission_id"]))
     assert (meta["model"], meta["method"], meta["K"]) == ("qwen2.5-7b", "sfpo", 5)
 
@@ -222,6 +224,14 @@ def test_table1_preset_size_and_filters(capsys):
     grid = _dry(capsys, sweep, ["--preset", "table1", "--models", "qwen2.5-1.5b", "--methods", "gxpo_k5",
                                 "--grid", "actor_rollout_ref.actor.gxpo.alpha=0.5,1.0", "--dry-run"])
     assert [j["submission_id"] for j in grid] == ["table1_qwen2.5-1.5b_gxpo_k5_a0.5", "table1_qwen2.5-1.5b_gxpo_k5_a1.0"]
+    # an experiment given by the user replaces the preset's; --experiment none drops it
+    own = _dry(capsys, paper_table1, ["--models", "llama3.2-3b", "--methods", "grpo", "--dry-run", "--",
+                                      "experiment=paper_math_debug"])
+    assert own[0]["entrypoint"].count(" experiment=") == 1
+    assert "experiment=paper_math_debug" in own[0]["entrypoint"] and "experiment=paper_math " not in own[0]["entrypoint"]
+    bare = _dry(capsys, paper_table1, ["--models", "llama3.2-3b", "--methods", "grpo", "--experiment", "none",
+                                       "--dry-run"])
+    assert " experiment=" not in bare[0]["entrypoint"]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -264,8 +274,11 @@ def test_sweep_skip_existing(capsys):
 
 
 def test_runmeta_parsing():
-    assert runmeta.meta_from_overrides(["method=sfpo_k10", "model=qwen2.5-3b", "data.seed=3"]) == \
+    assert runmeta.meta_from_overrides(["method=sfpo_k10", "base_model=qwen2.5-3b", "data.seed=3"]) == \
         {"method": "sfpo", "K": 10, "model": "qwen2.5-3b", "seed": 3}
+    assert runmeta.parse_method_group("gxpo_k5_a1.0") == {"method": "gxpo", "K": 5, "alpha": 1.0}
+    assert runmeta.meta_from_name("paper_math_qwen2.5-1.5b_gxpo_k5_a1.0_s1") == \
+        {"method": "gxpo", "K": 5, "alpha": 1.0, "seed": 1, "model": "qwen2.5-1.5b"}
     m = runmeta.merge_meta(runmeta.meta_from_overrides(["actor_rollout_ref.actor.update_rule=gxpo",
                                                         "actor_rollout_ref.actor.gxpo.alpha=0.5"]))
     assert (m["method"], m["K"], m["alpha"]) == ("gxpo", 5, 0.5)

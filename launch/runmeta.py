@@ -1,0 +1,248 @@
+"""Run metadata shared by the launchers and the report.
+
+A run is described by ``model``, ``method`` (grpo | sfpo | gxpo), ``K``, ``alpha`` and ``seed``. The
+launchers put these into run names and Ray job metadata; the report recovers them, in this order of
+preference, from a run's saved config (Hydra ``.hydra/config.yaml``, wandb config, the launcher's
+``launch-*.json``), from its Hydra overrides, and last from its run name.
+
+Run names written by ``launch.sweep`` look like ``table1_qwen2.5-1.5b_gxpo_k5_a1.0_s1``: tokens are
+separated by ``_``; the method is one of the update rules, ``k<int>`` is K, ``a<float>`` is alpha,
+``s<int>`` the seed, and the model is the token right before the method (any token that looks like a
+model name: ``qwen2.5-1.5b``, ``llama3.2-3b``, ...).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable, Mapping
+
+RULES = ("grpo", "sfpo", "gxpo")
+
+# Defaults of the public config (GXPO_SPEC section 6), used when a run only names the rule.
+DEFAULT_K = {"gxpo": 5, "sfpo": 3}
+DEFAULT_ALPHA = {"gxpo": 1.0, "sfpo": 0.8}
+
+# Hydra keys of the public config contract.
+KEY_RULE = "actor_rollout_ref.actor.update_rule"
+KEY_MODEL_PATH = "actor_rollout_ref.model.path"
+DEFAULT_SEED_KEY = "data.seed"
+# Hydra groups of conf/ that select the base model / the update-rule preset.
+MODEL_GROUPS = ("base_model", "model")
+METHOD_GROUP = "method"
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
+
+
+def sanitize(text: str) -> str:
+    """A string safe for Ray submission ids, file names and wandb names."""
+    out = _SAFE.sub("-", str(text)).strip("-")
+    return out
+
+
+def backward_passes_per_update(method: str | None, K: int | None) -> int | None:
+    """Nominal backward passes per mini-batch update (GXPO: the active phase)."""
+    if method == "grpo":
+        return 1
+    if method == "sfpo":
+        return (K if K is not None else DEFAULT_K["sfpo"]) + 1
+    if method == "gxpo":
+        return 3
+    return None
+
+
+def display_model(name: str | None) -> str | None:
+    """``Qwen/Qwen2.5-1.5B-Instruct`` / ``qwen2.5-1.5b`` -> ``Qwen2.5-1.5B``; ``llama3.2-3b`` -> ``Llama3.2-3B``.
+
+    Unknown names are returned unchanged (minus a leading path)."""
+    if not name:
+        return name
+    base = str(name).rstrip("/").split("/")[-1]
+    low = base.lower()
+    m = re.search(r"qwen-?(\d+(?:\.\d+)?)-(\d+(?:\.\d+)?)b", low)
+    if m:
+        return f"Qwen{m.group(1)}-{m.group(2)}B"
+    m = re.search(r"llama-?(\d+(?:\.\d+)?)-(\d+(?:\.\d+)?)b", low)
+    if m:
+        return f"Llama{m.group(1)}-{m.group(2)}B"
+    return base
+
+
+def _num(text: str) -> float | int | None:
+    try:
+        f = float(text)
+    except (TypeError, ValueError):
+        return None
+    return int(f) if f.is_integer() and re.fullmatch(r"[+-]?\d+", str(text).strip()) else f
+
+
+def parse_method_group(choice: str) -> dict[str, Any]:
+    """``gxpo_k5`` -> {method: gxpo, K: 5}; ``grpo`` -> {method: grpo}; else {}."""
+    m = re.fullmatch(r"(grpo|sfpo|gxpo)(?:[_-]k(\d+))?(?:[_-]a(\d+(?:\.\d+)?))?", str(choice).strip().lower())
+    if not m:
+        return {}
+    out: dict[str, Any] = {"method": m.group(1)}
+    if m.group(2):
+        out["K"] = int(m.group(2))
+    if m.group(3):
+        out["alpha"] = float(m.group(3))
+    return out
+
+
+def split_override(override: str) -> tuple[str, str] | None:
+    """``+a.b=1`` -> (``a.b``, ``1``); ``~a.b`` and malformed strings -> None."""
+    if "=" not in override:
+        return None
+    key, value = override.split("=", 1)
+    key = key.lstrip("+~")
+    return key, value
+
+
+def meta_from_overrides(overrides: Iterable[str], seed_key: str = DEFAULT_SEED_KEY) -> dict[str, Any]:
+    """Metadata implied by a list of Hydra overrides (later overrides win)."""
+    meta: dict[str, Any] = {}
+    for ov in overrides:
+        kv = split_override(ov)
+        if kv is None:
+            continue
+        key, value = kv
+        value = value.strip().strip("'\"")
+        if key in MODEL_GROUPS:
+            meta["model"] = value
+        elif key == METHOD_GROUP:
+            meta.update(parse_method_group(value))
+        elif key == KEY_RULE:
+            meta["method"] = value.lower()
+        elif key == KEY_MODEL_PATH and "model" not in meta:
+            meta["model"] = value
+        elif key == seed_key or key == "seed":
+            n = _num(value)
+            if n is not None:
+                meta["seed"] = n
+        else:
+            m = re.fullmatch(r"actor_rollout_ref\.actor\.(gxpo|sfpo)\.(K|alpha)", key)
+            if m:
+                n = _num(value)
+                if n is not None:
+                    meta.setdefault("_per_rule", {}).setdefault(m.group(1), {})[m.group(2)] = n
+    per_rule = meta.pop("_per_rule", {})
+    rule = meta.get("method")
+    if rule in per_rule:
+        meta.update(per_rule[rule])
+    elif rule is None and len(per_rule) == 1:
+        # e.g. only actor_rollout_ref.actor.gxpo.K=3 given: the rule itself comes from elsewhere
+        (only_rule, vals), = per_rule.items()
+        meta["_rule_hint"] = only_rule
+        meta.update(vals)
+    return meta
+
+
+def _get(cfg: Mapping[str, Any] | None, dotted: str) -> Any:
+    cur: Any = cfg
+    for part in dotted.split("."):
+        if isinstance(cur, Mapping) and part in cur:
+            cur = cur[part]
+        else:
+            return None
+    return cur
+
+
+def unwrap_wandb_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """wandb's ``files/config.yaml`` stores ``key: {desc: ..., value: ...}``: return the plain dict."""
+    out = {}
+    for k, v in cfg.items():
+        if k in ("_wandb", "wandb_version"):
+            continue
+        if isinstance(v, Mapping) and "value" in v and set(v) <= {"value", "desc"}:
+            out[k] = v["value"]
+        else:
+            out[k] = v
+    return out
+
+
+def meta_from_config(cfg: Mapping[str, Any] | None, seed_key: str = DEFAULT_SEED_KEY) -> dict[str, Any]:
+    """Metadata from a full (resolved) trainer config."""
+    if not cfg:
+        return {}
+    meta: dict[str, Any] = {}
+    rule = _get(cfg, KEY_RULE)
+    if isinstance(rule, str):
+        meta["method"] = rule.lower()
+        if meta["method"] in ("gxpo", "sfpo"):
+            for field in ("K", "alpha"):
+                v = _get(cfg, f"actor_rollout_ref.actor.{meta['method']}.{field}")
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    meta[field] = v
+    path = _get(cfg, KEY_MODEL_PATH)
+    run_model = _get(cfg, "gxpo_run.model")  # the conf/base_model option name, when composed from conf/
+    if isinstance(run_model, str) and run_model:
+        meta["model"] = run_model
+    elif isinstance(path, str) and path:
+        meta["model"] = path
+    seed = _get(cfg, seed_key)
+    if isinstance(seed, (int, float)) and not isinstance(seed, bool):
+        meta["seed"] = seed
+    name = _get(cfg, "trainer.experiment_name")
+    if isinstance(name, str):
+        meta["run_name"] = name
+    return meta
+
+
+_B, _E = r"(?:^|[_\-/])", r"(?=$|[_\-/])"  # token boundaries in run names
+_MODEL_PATTERNS = (
+    r"qwen\d+(?:\.\d+)?-\d+(?:\.\d+)?b(?:-instruct)?",
+    r"llama-?\d+(?:\.\d+)?-\d+(?:\.\d+)?b(?:-instruct)?",
+)
+
+
+def meta_from_name(name: str) -> dict[str, Any]:
+    """Best-effort metadata from a run name (see module docstring). Tokens are separated by ``_``,
+    ``-`` or ``/``: ``<rule>``, ``k<K>``, ``a<alpha>``, ``s<seed>``; the model is a ``qwen<v>-<size>b``
+    / ``llama<v>-<size>b`` substring, else the ``_``-token before the rule if it ends in ``<size>b``."""
+    meta: dict[str, Any] = {}
+    low = str(name).lower()
+    m = re.search(_B + r"(grpo|sfpo|gxpo)" + _E, low)
+    if m:
+        meta["method"] = m.group(1)
+    m = re.search(_B + r"k(\d+)" + _E, low)
+    if m:
+        meta["K"] = int(m.group(1))
+    m = re.search(_B + r"(?:a|alpha)(\d+(?:\.\d+)?)" + _E, low)
+    if m:
+        meta["alpha"] = float(m.group(1))
+    m = re.search(_B + r"(?:s|seed)(\d+)" + _E, low)
+    if m:
+        meta["seed"] = int(m.group(1))
+    for pat in _MODEL_PATTERNS:
+        m = re.search(pat, low)
+        if m:
+            meta["model"] = str(name)[m.start() : m.end()]
+            break
+    else:
+        tokens = [t for t in re.split(r"[_/]+", str(name)) if t]
+        for i, tok in enumerate(tokens[1:], start=1):
+            if tok.lower() in RULES and re.search(r"\d+(\.\d+)?b$", tokens[i - 1].lower()):
+                meta["model"] = tokens[i - 1]
+                break
+    return meta
+
+
+def merge_meta(*sources: Mapping[str, Any]) -> dict[str, Any]:
+    """First source that has a field wins; fills rule defaults for K/alpha; drops K/alpha for GRPO."""
+    out: dict[str, Any] = {}
+    for src in sources:
+        for k, v in (src or {}).items():
+            if v is not None and k not in out:
+                out[k] = v
+    hint = out.pop("_rule_hint", None)
+    if "method" not in out and hint:
+        out["method"] = hint
+    method = out.get("method")
+    if method in DEFAULT_K:
+        out.setdefault("K", DEFAULT_K[method])
+        out.setdefault("alpha", DEFAULT_ALPHA[method])
+        out["K"] = int(out["K"])
+        out["alpha"] = float(out["alpha"])
+    elif method == "grpo":
+        out.pop("K", None)
+        out.pop("alpha", None)
+    return out

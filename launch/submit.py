@@ -1,0 +1,449 @@
+"""Submit ONE GXPO/SFPO/GRPO training run to a Ray cluster through Ray's Jobs API.
+
+    python -m launch.submit --name NAME [--address A] [--env K=V ...] [--log-dir DIR]
+                            [--dry-run] [--wait] -- override1 override2 ...
+
+The job runs ``python -m recipe.gxpo.main_gxpo <overrides>`` with the project root uploaded as the
+job's ``working_dir`` (minus ``.git``, ``.venv``, outputs, checkpoints, data, wandb, ...).
+
+* ``--address``: the Ray dashboard (Jobs API) address; default ``$RAY_ADDRESS`` or
+  ``http://127.0.0.1:8265``. A bare ``host:port`` gets ``http://`` prepended.
+* ``--env K=V`` (repeatable) sets a variable in the job; ``--env K`` copies ``K`` from the local
+  environment. Without ``--no-env-passthrough`` the job also inherits, when set locally, the
+  variables listed in ``PASSTHROUGH_VARS`` and those starting with ``PASSTHROUGH_PREFIXES``
+  (``VLLM_*``, ``NCCL_*``, ``HF_*``, ...), except secret-looking names (``*KEY*``, ``*TOKEN*``,
+  ``*SECRET*``, ``*PASSWORD*``), which only travel when named with ``--env``. ``WANDB_MODE``
+  defaults to ``offline``. Secret-looking values are redacted in ``--dry-run`` output.
+* ``trainer.experiment_name=<name>`` is added unless an override sets it or ``--keep-experiment-name``
+  is given (then the config's name stands: ``conf/experiment/paper_math.yaml`` builds a unique one).
+  The experiment name also names verl's checkpoint directory, so two runs must never share it.
+* ``--log-dir DIR`` (default ``$GXPO_LOG_DIR``; must be visible to the cluster's nodes) gives the run
+  a directory ``DIR/<name>/`` that ``launch.report`` reads: verl's file logger writes
+  ``DIR/<name>/metrics-<stamp>.jsonl`` (through ``VERL_FILE_LOGGER_PATH``; one file per submission,
+  so a resumed run does not truncate the earlier attempt's metrics), wandb writes under
+  ``DIR/<name>/wandb/``, Hydra writes its config to ``DIR/<name>/hydra/<stamp>/.hydra/`` and this
+  script saves ``DIR/<name>/launch-<stamp>.json`` (the submitted job). ``trainer.logger`` is set to
+  ``[console,file,wandb]`` unless an override sets it.
+* ``submission_id`` is the sanitized run name (``--submission-id`` to set it, ``--unique-id`` to append
+  a timestamp). Ray refuses a second job with the same id, which guards against double submission.
+* ``--dry-run`` prints the exact ``submit_job`` keyword arguments as JSON on stdout and exits 0
+  without contacting Ray.
+* ``--wait`` tails the job's logs until it ends; the exit status is 0 only if the job SUCCEEDED.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as _dt
+import json
+import os
+import re
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from launch import runmeta
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+ENTRY_MODULE = "recipe.gxpo.main_gxpo"
+
+# gitignore-style patterns relative to the working_dir (a leading "/" anchors to the project root).
+DEFAULT_EXCLUDES = [
+    "/.git",
+    "/.venv",
+    "/venv",
+    "/outputs",
+    "/multirun",
+    "/checkpoints",
+    "/data",
+    "/wandb",
+    "/runs",
+    "/logs",
+    "/.whl",
+    "/.gl",
+    "__pycache__",
+    "*.pyc",
+    ".pytest_cache",
+    ".hypothesis",
+    "*.egg-info",
+    "*.safetensors",
+    "*.parquet",
+]
+
+PASSTHROUGH_VARS = (
+    "WANDB_MODE",
+    "WANDB_PROJECT",
+    "WANDB_ENTITY",
+    "WANDB_DIR",
+    "WANDB_BASE_URL",
+    "TRANSFORMERS_OFFLINE",
+    "TOKENIZERS_PARALLELISM",
+    "CUDA_DEVICE_MAX_CONNECTIONS",
+    "GLOO_SOCKET_IFNAME",
+    "PYTORCH_CUDA_ALLOC_CONF",
+)
+PASSTHROUGH_PREFIXES = ("VLLM_", "NCCL_", "TORCH_NCCL_", "HF_", "VERL_")
+_SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.I)
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+_OVERRIDE = re.compile(r"^(?:~[\w.@/\-]+(?:=.*)?|\+{0,2}[\w.@/\-\[\]]+=.*)$", re.S)
+
+
+class LaunchError(ValueError):
+    """A bad argument: the message says what and why."""
+
+
+def is_secret(name: str) -> bool:
+    return bool(_SECRET.search(name))
+
+
+def normalize_address(address: str | None) -> str:
+    address = (address or os.environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS).strip()
+    if not re.match(r"^[a-z][a-z0-9+.\-]*://", address):
+        address = "http://" + address
+    return address
+
+
+def parse_env(items: Iterable[str], environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``K=V`` sets K; a bare ``K`` copies K from the local environment (an error when unset)."""
+    environ = os.environ if environ is None else environ
+    out: dict[str, str] = {}
+    for item in items or ():
+        if "=" in item:
+            key, value = item.split("=", 1)
+        else:
+            key = item
+            if key not in environ:
+                raise LaunchError(f"--env {key}: not set in the local environment (use --env {key}=VALUE)")
+            value = environ[key]
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise LaunchError(f"--env {item!r}: {key!r} is not a valid environment variable name")
+        out[key] = value
+    return out
+
+
+def passthrough_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    environ = os.environ if environ is None else environ
+    out = {}
+    for key, value in environ.items():
+        if is_secret(key):
+            continue
+        if key in PASSTHROUGH_VARS or key.startswith(PASSTHROUGH_PREFIXES):
+            out[key] = value
+    return out
+
+
+def validate_overrides(overrides: Sequence[str]) -> list[str]:
+    bad = [o for o in overrides if not _OVERRIDE.match(o)]
+    if bad:
+        raise LaunchError(
+            "not Hydra overrides (expected key=value, +key=value or ~key): "
+            + ", ".join(repr(b) for b in bad)
+            + " -- put launcher flags before '--' and overrides after it"
+        )
+    return list(overrides)
+
+
+def _has_key(overrides: Sequence[str], key: str) -> bool:
+    for ov in overrides:
+        kv = runmeta.split_override(ov)
+        if kv and kv[0] == key:
+            return True
+    return False
+
+
+def make_submission_id(name: str, unique: bool = False, now: _dt.datetime | None = None) -> str:
+    sid = runmeta.sanitize(name)
+    if not sid:
+        raise LaunchError(f"--name {name!r}: needs at least one letter or digit")
+    if unique:
+        sid += "-" + (now or _dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
+    return sid
+
+
+def build_job(
+    name: str,
+    overrides: Sequence[str] = (),
+    *,
+    env: Mapping[str, str] | None = None,
+    env_passthrough: bool = True,
+    environ: Mapping[str, str] | None = None,
+    log_dir: str | None = None,
+    submission_id: str | None = None,
+    unique_id: bool = False,
+    python: str = "python",
+    module: str = ENTRY_MODULE,
+    working_dir: str | os.PathLike | None = None,
+    extra_excludes: Sequence[str] = (),
+    entrypoint_num_cpus: float | None = None,
+    entrypoint_num_gpus: float | None = None,
+    metadata: Mapping[str, str] | None = None,
+    now: _dt.datetime | None = None,
+    set_experiment_name: bool = True,
+) -> dict[str, Any]:
+    """The keyword arguments of ``JobSubmissionClient.submit_job`` for one run."""
+    if not name or not str(name).strip():
+        raise LaunchError("--name is required and must not be empty")
+    overrides = validate_overrides(list(overrides))
+    now = now or _dt.datetime.now()
+    stamp = now.strftime("%Y%m%d-%H%M%S")
+    sid = submission_id or make_submission_id(name, unique_id, now)
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", sid):
+        raise LaunchError(f"--submission-id {sid!r}: use only letters, digits, '_', '.', '-'")
+    run_name = runmeta.sanitize(name)
+
+    overrides = list(overrides)
+    if set_experiment_name and not _has_key(overrides, "trainer.experiment_name"):
+        overrides.append(f"trainer.experiment_name={run_name}")
+
+    job_env: dict[str, str] = {"PYTHONUNBUFFERED": "1"}
+    if env_passthrough:
+        job_env.update(passthrough_env(environ))
+    job_env.setdefault("WANDB_MODE", "offline")
+
+    wd = Path(working_dir or PROJECT_ROOT).resolve()
+    excludes = list(DEFAULT_EXCLUDES) + list(extra_excludes)
+
+    if log_dir:
+        run_dir = Path(log_dir).expanduser().resolve() / run_name
+        job_env["VERL_FILE_LOGGER_PATH"] = str(run_dir / f"metrics-{stamp}.jsonl")
+        job_env["WANDB_DIR"] = str(run_dir)
+        if not _has_key(overrides, "trainer.logger"):
+            overrides.append("trainer.logger=[console,file,wandb]")
+        if not _has_key(overrides, "hydra.run.dir"):
+            overrides.append(f"hydra.run.dir={run_dir / 'hydra' / stamp}")
+        try:  # a log dir inside the project must not be uploaded with the code
+            rel = Path(log_dir).expanduser().resolve().relative_to(wd)
+            excludes.append("/" + rel.as_posix())
+        except ValueError:
+            pass
+
+    job_env.update(env or {})  # explicit --env wins over everything
+
+    meta = runmeta.merge_meta(runmeta.meta_from_overrides(overrides), runmeta.meta_from_name(run_name))
+    job_meta = {"run_name": run_name, "launcher": "launch.submit", "overrides": json.dumps(overrides)}
+    for key in ("model", "method", "K", "alpha", "seed"):
+        if key in meta:
+            job_meta[key] = str(meta[key])
+    if log_dir:
+        job_meta["run_dir"] = str(Path(log_dir).expanduser().resolve() / run_name)
+    job_meta.update({k: str(v) for k, v in (metadata or {}).items()})
+
+    job: dict[str, Any] = {
+        "entrypoint": shlex.join([python, "-m", module, *overrides]),
+        "submission_id": sid,
+        "runtime_env": {"working_dir": str(wd), "excludes": excludes, "env_vars": job_env},
+        "metadata": job_meta,
+    }
+    if entrypoint_num_cpus is not None:
+        job["entrypoint_num_cpus"] = entrypoint_num_cpus
+    if entrypoint_num_gpus is not None:
+        job["entrypoint_num_gpus"] = entrypoint_num_gpus
+    return job
+
+
+def redacted(job: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``job`` with secret-looking env values replaced by ``***``."""
+    out = json.loads(json.dumps(job))
+    env = out.get("runtime_env", {}).get("env_vars", {})
+    for key in env:
+        if is_secret(key):
+            env[key] = "***"
+    return out
+
+
+def _use_ray_auth_token_if_present() -> None:
+    """Send the cluster's auth token when one is available locally, as ``ray start`` does.
+
+    Ray >= 2.5x enables token authentication on ``ray start --head`` when a token exists
+    (``$RAY_AUTH_TOKEN``, ``$RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``), but the Jobs SDK only
+    sends it when ``RAY_AUTH_MODE=token`` is set. An explicit ``RAY_AUTH_MODE`` is left alone; a
+    cluster without token auth ignores the header."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # older Ray: no token auth
+        return
+    try:
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    except Exception as exc:  # never block a submission on this
+        print(f"[launch.submit] could not set up Ray token auth: {exc}", file=sys.stderr)
+
+
+def make_client(address: str):
+    from ray.job_submission import JobSubmissionClient
+
+    _use_ray_auth_token_if_present()
+    try:
+        return JobSubmissionClient(address)
+    except Exception as exc:  # connection refused, wrong port, version check ...
+        raise RuntimeError(f"cannot reach the Ray Jobs API at {address}: {exc}") from exc
+
+
+def save_launch_record(job: Mapping[str, Any], address: str) -> Path | None:
+    """Write ``<run_dir>/launch-<stamp>.json`` next to the run's logs (only with --log-dir)."""
+    run_dir = job.get("metadata", {}).get("run_dir")
+    if not run_dir:
+        return None
+    path_env = job["runtime_env"]["env_vars"].get("VERL_FILE_LOGGER_PATH", "")
+    m = re.search(r"metrics-(.+)\.jsonl$", path_env)
+    stamp = m.group(1) if m else _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path(run_dir) / f"launch-{stamp}.json"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"address": address, "job": redacted(job)}, indent=2) + "\n")
+    except OSError as exc:  # the log dir may only exist on the cluster: the job is submitted anyway
+        print(f"[launch.submit] could not write {path}: {exc}", file=sys.stderr)
+        return None
+    return path
+
+
+def submit(client, job: Mapping[str, Any]) -> str:
+    try:
+        return client.submit_job(**job)
+    except RuntimeError as exc:
+        msg = str(exc).lower()
+        if "already exists" in msg or "already been used" in msg:
+            raise RuntimeError(
+                f"a job with submission id {job['submission_id']!r} already exists on this cluster; "
+                "pass --unique-id or --submission-id to submit it again"
+            ) from exc
+        raise
+
+
+def job_status(client, sid: str) -> str:
+    status = client.get_job_status(sid)
+    return str(getattr(status, "value", status)).split(".")[-1].upper()
+
+
+def wait_for_job(client, sid: str, *, tail: bool = True, poll_s: float = 5.0, out=None) -> str:
+    """Stream the job's logs (or poll) until it ends; return its final status name."""
+    out = out or sys.stdout
+    if tail:
+
+        async def _tail():
+            async for lines in client.tail_job_logs(sid):
+                out.write(lines)
+                out.flush()
+
+        try:
+            asyncio.run(_tail())
+        except Exception as exc:  # log streaming is best effort: fall back to polling
+            print(f"[launch.submit] log tailing stopped ({exc}); polling status", file=sys.stderr)
+    while True:
+        status = job_status(client, sid)
+        if status in TERMINAL:
+            return status
+        time.sleep(poll_s)
+
+
+def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    argv = list(argv)
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1 :]
+    return argv, []
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default=None, help="Ray dashboard / Jobs API address "
+                   f"(default: $RAY_ADDRESS or {DEFAULT_ADDRESS})")
+    p.add_argument("--env", action="append", default=[], metavar="K=V",
+                   help="environment variable for the job; bare K copies it from here (repeatable)")
+    p.add_argument("--no-env-passthrough", action="store_true",
+                   help="do not copy VLLM_*/NCCL_*/HF_*/WANDB_* ... variables from the local environment")
+    p.add_argument("--log-dir", default=os.environ.get("GXPO_LOG_DIR"),
+                   help="shared directory for run logs/configs read by launch.report (default: $GXPO_LOG_DIR)")
+    p.add_argument("--keep-experiment-name", action="store_true",
+                   help="do not set trainer.experiment_name=<run name>; the config's own name stands "
+                        "(conf/experiment presets build a unique one)")
+    p.add_argument("--python", default="python", help="python executable on the cluster (default: python)")
+    p.add_argument("--module", default=ENTRY_MODULE, help=f"entry module (default: {ENTRY_MODULE})")
+    p.add_argument("--working-dir", default=str(PROJECT_ROOT), help="directory uploaded as working_dir")
+    p.add_argument("--exclude", action="append", default=[], help="extra working_dir exclude pattern")
+    p.add_argument("--entrypoint-num-cpus", type=float, default=None)
+    p.add_argument("--entrypoint-num-gpus", type=float, default=None)
+    p.add_argument("--dry-run", action="store_true", help="print the job JSON and exit without contacting Ray")
+    p.add_argument("--wait", action="store_true", help="follow the job until it ends; non-zero exit unless it SUCCEEDED")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m launch.submit",
+        description="Submit one GXPO run to a Ray cluster (Ray Jobs API).",
+        epilog="Everything after '--' is passed to recipe.gxpo.main_gxpo as Hydra overrides.",
+    )
+    p.add_argument("--name", required=True, help="run name (experiment name, submission id, log dir)")
+    p.add_argument("--submission-id", default=None, help="explicit Ray submission id (default: from --name)")
+    p.add_argument("--unique-id", action="store_true", help="append a timestamp to the submission id")
+    add_common_args(p)
+    p.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
+    return p
+
+
+def job_from_args(args, name: str, overrides: Sequence[str], submission_id: str | None = None,
+                  metadata: Mapping[str, str] | None = None) -> dict[str, Any]:
+    return build_job(
+        name,
+        overrides,
+        env=parse_env(args.env),
+        env_passthrough=not args.no_env_passthrough,
+        log_dir=args.log_dir,
+        submission_id=submission_id,
+        unique_id=getattr(args, "unique_id", False),
+        python=args.python,
+        module=args.module,
+        working_dir=args.working_dir,
+        extra_excludes=args.exclude,
+        entrypoint_num_cpus=args.entrypoint_num_cpus,
+        entrypoint_num_gpus=args.entrypoint_num_gpus,
+        metadata=metadata,
+        set_experiment_name=not args.keep_experiment_name,
+    )
+
+
+def main(argv: Sequence[str] | None = None, client=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    flags, overrides = split_argv(argv)
+    parser = build_parser()
+    args = parser.parse_args(flags)
+    overrides = list(args.overrides) + overrides
+    try:
+        job = job_from_args(args, args.name, overrides, submission_id=args.submission_id)
+    except LaunchError as exc:
+        parser.error(str(exc))
+    address = normalize_address(args.address)
+    if args.dry_run:
+        print(f"# dry run: would submit to {address}", file=sys.stderr)
+        print(json.dumps(redacted(job), indent=2, sort_keys=True))
+        return 0
+    try:
+        client = client or make_client(address)
+        sid = submit(client, job)
+    except RuntimeError as exc:
+        print(f"launch.submit: error: {exc}", file=sys.stderr)
+        return 1
+    record = save_launch_record(job, address)
+    print(f"submitted {sid} to {address}" + (f" (record: {record})" if record else ""))
+    if not args.wait:
+        print(f"follow it with: ray job logs --address {address} --follow {sid}")
+        return 0
+    try:
+        status = wait_for_job(client, sid)
+    except KeyboardInterrupt:
+        print(f"\nstopped following {sid}; it keeps running (ray job stop --address {address} {sid})",
+              file=sys.stderr)
+        return 130
+    print(f"job {sid} finished: {status}")
+    return 0 if status == "SUCCEEDED" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

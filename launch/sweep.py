@@ -1,0 +1,335 @@
+"""Submit a grid of runs (one Ray job per combination) through ``launch.submit``.
+
+    python -m launch.sweep [--name-prefix P] --grid KEY=v1,v2 [--grid KEY=...] [--seeds 1,2]
+                           [--preset table1 [--models ...] [--methods ...] [--paper-rows]]
+                           [--max-concurrent N] [--skip-existing] [--dry-run] [--wait]
+                           [submit flags: --address --env --log-dir ...] -- common overrides ...
+
+Grid values use Hydra's sweep syntax: a comma list ``a,b,c`` (commas inside ``[]``, ``{}``, ``()`` or
+quotes do not split), or ``range(start,stop[,step])``. The grid is the cartesian product in the
+order the ``--grid`` flags are given (the last one varies fastest).
+
+Run names: ``<prefix>_<token>_<token>...`` with one token per grid key: the value of ``model``,
+``method``, ``experiment`` and ``...update_rule``; ``k<v>`` for a key ending in ``.K``; ``a<v>`` for
+``.alpha``; ``s<v>`` for a seed; else ``<last key segment><v>``. ``launch.runmeta`` parses them back.
+
+``--preset table1`` expands the paper's Table 1: every model of ``TABLE1_MODELS`` (Hydra group
+``base_model=``) x every method of ``TABLE1_METHODS`` (group ``method=``: GRPO, SFPO K=3/5/10, GXPO
+K=3/5/10), each with ``experiment=paper_math`` (``--experiment`` to change or ``none`` to drop). The paper only reports K=3/5 for Qwen2.5-7B and Llama3.2-3B: ``--paper-rows`` drops their
+K=10 rows; ``--models`` / ``--methods`` filter the grid. Extra ``--grid`` keys multiply the preset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from typing import Any, Iterable, Sequence
+
+from launch import runmeta
+from launch import submit as sub
+
+# Hydra groups and option names of conf/ (conf/base_model/*.yaml, conf/method/*.yaml,
+# conf/experiment/*.yaml): change here if they change.
+MODEL_GROUP = "base_model"
+METHOD_GROUP = "method"
+EXPERIMENT_GROUP = "experiment"
+TABLE1_EXPERIMENT = "paper_math"
+TABLE1_MODELS = ["qwen2.5-1.5b", "qwen2.5-3b", "qwen2.5-7b", "llama3.2-3b"]
+TABLE1_METHODS = ["grpo", "sfpo_k3", "sfpo_k5", "sfpo_k10", "gxpo_k3", "gxpo_k5", "gxpo_k10"]
+# Rows the paper's Table 1 actually has for each model (7B and Llama: K=3/5 only).
+TABLE1_PAPER_ROWS = {
+    "qwen2.5-1.5b": TABLE1_METHODS,
+    "qwen2.5-3b": TABLE1_METHODS,
+    "qwen2.5-7b": ["grpo", "sfpo_k3", "sfpo_k5", "gxpo_k3", "gxpo_k5"],
+    "llama3.2-3b": ["grpo", "sfpo_k3", "sfpo_k5", "gxpo_k3", "gxpo_k5"],
+}
+PRESETS = ("table1",)
+
+
+def split_values(text: str) -> list[str]:
+    """Split a Hydra-style sweep list at top-level commas; expand ``range(a,b[,s])``."""
+    text = text.strip()
+    if text.startswith("range(") and text.endswith(")"):
+        try:
+            nums = [int(x) for x in text[6:-1].split(",")]
+        except ValueError as exc:
+            raise sub.LaunchError(f"bad range in grid: {text!r} (integers only)") from exc
+        if not 1 <= len(nums) <= 3:
+            raise sub.LaunchError(f"bad range in grid: {text!r}")
+        return [str(v) for v in range(*nums)]
+    out, cur, depth, quote = [], [], 0, None
+    for ch in text:
+        if quote:
+            cur.append(ch)
+            if ch == quote:
+                quote = None
+            continue
+        if ch in "'\"":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            out.append("".join(cur).strip())
+            cur = []
+            continue
+        cur.append(ch)
+    out.append("".join(cur).strip())
+    if quote or depth != 0:
+        raise sub.LaunchError(f"unbalanced brackets or quotes in grid values: {text!r}")
+    if any(v == "" for v in out):
+        raise sub.LaunchError(f"empty value in grid list: {text!r}")
+    return out
+
+
+def parse_grid(items: Iterable[str]) -> list[tuple[str, list[str]]]:
+    grid: list[tuple[str, list[str]]] = []
+    seen = set()
+    for item in items or ():
+        if "=" not in item:
+            raise sub.LaunchError(f"--grid {item!r}: expected KEY=v1,v2,...")
+        key, values = item.split("=", 1)
+        key = key.strip()
+        if not key or not sub._OVERRIDE.match(f"{key}=x"):
+            raise sub.LaunchError(f"--grid {item!r}: {key!r} is not a config key")
+        if key.lstrip("+") in seen:
+            raise sub.LaunchError(f"--grid {key}: given twice")
+        seen.add(key.lstrip("+"))
+        grid.append((key, split_values(values)))
+    return grid
+
+
+def name_token(key: str, value: str) -> str:
+    k = key.lstrip("+~")
+    last = k.split(".")[-1]
+    v = runmeta.sanitize(value.strip("'\""))
+    if k in (MODEL_GROUP, METHOD_GROUP, EXPERIMENT_GROUP, "model") or last == "update_rule":
+        return v
+    if last == "K":
+        return f"k{v}"
+    if last == "alpha":
+        return f"a{v}"
+    if last in ("seed", "data_loader_seed"):
+        return f"s{v}"
+    return f"{runmeta.sanitize(last)}{v}"
+
+
+def expand(
+    grid: Sequence[tuple[str, Sequence[str]]],
+    prefix: str = "sweep",
+) -> list[tuple[str, list[str]]]:
+    """[(run_name, overrides)] for the cartesian product of ``grid``."""
+    if not grid:
+        return [(runmeta.sanitize(prefix), [])]
+    keys = [k for k, _ in grid]
+    runs = []
+    for combo in itertools.product(*[vals for _, vals in grid]):
+        overrides = [f"{k}={v}" for k, v in zip(keys, combo)]
+        name = "_".join([runmeta.sanitize(prefix)] + [name_token(k, v) for k, v in zip(keys, combo)])
+        runs.append((name, overrides))
+    names = [n for n, _ in runs]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise sub.LaunchError(f"grid gives duplicate run names {sorted(dup)}; values differ only in characters "
+                              "that are not kept in names")
+    return runs
+
+
+def _csv(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def preset_grid(
+    preset: str,
+    models: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
+    paper_rows: bool = False,
+) -> list[tuple[str, list[str]]]:
+    """[(name_suffix_tokens, overrides)] for a preset, before extra grid keys and seeds."""
+    if preset != "table1":
+        raise sub.LaunchError(f"--preset {preset!r}: known presets are {', '.join(PRESETS)}")
+    models = list(models) if models else list(TABLE1_MODELS)
+    methods = list(methods) if methods else list(TABLE1_METHODS)
+    unknown_methods = [m for m in methods if not runmeta.parse_method_group(m)]
+    if unknown_methods:
+        raise sub.LaunchError(f"--methods: unknown {unknown_methods}; expected names like "
+                              f"{', '.join(TABLE1_METHODS)}")
+    out = []
+    for model in models:
+        for method in methods:
+            if paper_rows and model in TABLE1_PAPER_ROWS and method not in TABLE1_PAPER_ROWS[model]:
+                continue
+            out.append(([runmeta.sanitize(model), runmeta.sanitize(method)],
+                        [f"{MODEL_GROUP}={model}", f"{METHOD_GROUP}={method}"]))
+    if not out:
+        raise sub.LaunchError("the preset selection is empty (check --models/--methods)")
+    return out
+
+
+def build_runs(
+    *,
+    prefix: str,
+    grid: Sequence[tuple[str, Sequence[str]]] = (),
+    preset: str | None = None,
+    models: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
+    paper_rows: bool = False,
+    seeds: Sequence[str] | None = None,
+    seed_key: str = runmeta.DEFAULT_SEED_KEY,
+    experiment: str | None = None,
+) -> list[tuple[str, list[str]]]:
+    """[(run_name, overrides)]; ``experiment`` (a conf/experiment option) is prepended to every run."""
+    grid = list(grid)
+    head = [f"{EXPERIMENT_GROUP}={experiment}"] if experiment else []
+    if seeds:
+        if any(k.lstrip("+") == seed_key for k, _ in grid):
+            raise sub.LaunchError(f"--seeds and --grid {seed_key}=... both set the seed")
+        grid.append((seed_key, list(seeds)))
+    if preset:
+        base = preset_grid(preset, models, methods, paper_rows)
+        runs = []
+        for tokens, ovs in base:
+            for name, extra in expand(grid, prefix="_".join([prefix] + tokens)):
+                runs.append((name, head + ovs + extra))
+        return runs
+    if models or methods:
+        raise sub.LaunchError("--models/--methods filter a preset: add --preset table1 "
+                              "(or use --grid base_model=... --grid method=...)")
+    if not grid:
+        raise sub.LaunchError("nothing to sweep: give at least one --grid KEY=v1,v2 or --preset")
+    return [(name, head + ovs) for name, ovs in expand(grid, prefix=prefix)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m launch.sweep",
+        description="Submit one Ray job per grid combination (see launch.submit for the job layout).",
+        epilog="Everything after '--' is added to every run as Hydra overrides.",
+    )
+    p.add_argument("--name-prefix", default=None, help="run name prefix (default: 'sweep', or the preset name)")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=v1,v2",
+                   help="a swept config key with its comma-separated values (repeatable)")
+    p.add_argument("--preset", choices=PRESETS, default=None, help="expand a paper grid (table1)")
+    p.add_argument("--models", default=None, help="comma list: only these preset models")
+    p.add_argument("--methods", default=None, help="comma list: only these preset methods (e.g. grpo,gxpo_k5)")
+    p.add_argument("--paper-rows", action="store_true", help="table1: drop the rows the paper does not report")
+    p.add_argument("--experiment", default=None,
+                   help=f"conf/experiment option added to every run (default: {TABLE1_EXPERIMENT} with "
+                        "--preset table1, none otherwise; 'none' to omit; skipped when an override sets it)")
+    p.add_argument("--seeds", default=None, help="comma list of seeds (one run per seed)")
+    p.add_argument("--seed-key", default=runmeta.DEFAULT_SEED_KEY, help="config key the seed is written to")
+    p.add_argument("--max-concurrent", type=int, default=0,
+                   help="at most N of these jobs running at once (0: submit all; Ray queues them on resources)")
+    p.add_argument("--poll-s", type=float, default=30.0, help="status poll interval for --max-concurrent/--wait")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="skip runs whose submission id already exists on the cluster")
+    p.add_argument("--unique-id", action="store_true", help="append a timestamp to each submission id")
+    sub.add_common_args(p)
+    p.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
+    return p
+
+
+def run_sweep(jobs: list[dict[str, Any]], client, *, max_concurrent: int = 0, wait: bool = False,
+              skip_existing: bool = False, poll_s: float = 30.0, address: str = "",
+              log=None) -> dict[str, str]:
+    """Submit ``jobs``; returns {submission_id: final or last known status}. Progress goes to stderr."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    existing: set[str] = set()
+    if skip_existing:
+        existing = {getattr(j, "submission_id", None) for j in client.list_jobs()} - {None}
+    results: dict[str, str] = {}
+    running: list[str] = []
+
+    def refresh() -> None:
+        for sid in list(running):
+            st = sub.job_status(client, sid)
+            results[sid] = st
+            if st in sub.TERMINAL:
+                running.remove(sid)
+                log(f"[sweep] {sid}: {st}")
+
+    for job in jobs:
+        sid = job["submission_id"]
+        if sid in existing:
+            log(f"[sweep] {sid}: exists on the cluster, skipped")
+            results[sid] = "SKIPPED"
+            continue
+        while max_concurrent > 0 and len(running) >= max_concurrent:
+            time.sleep(poll_s)
+            refresh()
+        try:
+            sub.submit(client, job)
+        except RuntimeError as exc:
+            log(f"[sweep] {sid}: submission failed: {exc}")
+            results[sid] = "SUBMIT_FAILED"
+            continue
+        sub.save_launch_record(job, address)
+        log(f"[sweep] submitted {sid}")
+        results[sid] = "PENDING"
+        running.append(sid)
+    if wait:
+        while running:
+            time.sleep(poll_s)
+            refresh()
+    return results
+
+
+def main(argv: Sequence[str] | None = None, client=None, default_preset: str | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    flags, overrides = sub.split_argv(argv)
+    parser = build_parser()
+    args = parser.parse_args(flags)
+    preset = args.preset or default_preset
+    overrides = list(args.overrides) + overrides
+    prefix = args.name_prefix or (preset or "sweep")
+    try:
+        if args.max_concurrent < 0:
+            raise sub.LaunchError("--max-concurrent must be >= 0")
+        sub.validate_overrides(overrides)
+        experiment = args.experiment if args.experiment is not None else (TABLE1_EXPERIMENT if preset else None)
+        grid = parse_grid(args.grid)
+        if experiment in ("none", "") or sub._has_key(overrides, EXPERIMENT_GROUP) or \
+                any(k.lstrip("+") == EXPERIMENT_GROUP for k, _ in grid):
+            experiment = None
+        runs = build_runs(
+            prefix=prefix,
+            grid=grid,
+            preset=preset,
+            models=_csv(args.models),
+            methods=_csv(args.methods),
+            paper_rows=args.paper_rows,
+            seeds=_csv(args.seeds),
+            seed_key=args.seed_key,
+            experiment=experiment,
+        )
+        jobs = [sub.job_from_args(args, name, ovs + overrides, metadata={"sweep": prefix}) for name, ovs in runs]
+    except sub.LaunchError as exc:
+        parser.error(str(exc))
+    address = sub.normalize_address(args.address)
+    if args.dry_run:
+        print(f"# dry run: {len(jobs)} job(s), would submit to {address}", file=sys.stderr)
+        print(json.dumps([sub.redacted(j) for j in jobs], indent=2, sort_keys=True))
+        return 0
+    try:
+        client = client or sub.make_client(address)
+        results = run_sweep(jobs, client, max_concurrent=args.max_concurrent, wait=args.wait,
+                            skip_existing=args.skip_existing, poll_s=args.poll_s, address=address)
+    except RuntimeError as exc:
+        print(f"launch.sweep: error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(results, indent=2))
+    bad = [s for s, st in results.items() if st in ("FAILED", "STOPPED", "SUBMIT_FAILED")]
+    if bad:
+        print(f"launch.sweep: {len(bad)} job(s) did not succeed: {', '.join(bad)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
