@@ -28,6 +28,8 @@ CONFIG_DIR = REPO / "recipe" / "gxpo" / "config"
 CONF_DIR = REPO / "conf"
 CONFIG_NAME = "gxpo_trainer"
 
+pytestmark = pytest.mark.filterwarnings("ignore:Disabled critic:UserWarning")
+
 if importlib.util.find_spec("conf") is None:  # `pkg://conf` needs the package importable
     sys.path.insert(0, str(REPO))
 

@@ -1,0 +1,1 @@
+"""Hydra config group `method` (YAML options only; a package so that wheels ship the files)."""
