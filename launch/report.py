@@ -103,7 +103,7 @@ BENCHMARKS: dict[str, str] = {
     "math500": "Math-500",
     "amc23": "AMC23",
     "gsm8k": "GSM8k",
-    "minerva": "Minerva",
+    "minerva_math": "Minerva",  # data_source written by verl_ext.data.prepare_math
     "olympiadbench": "Olympiad",
 }
 MODEL_ORDER = ["Qwen2.5-1.5B", "Qwen2.5-3B", "Qwen2.5-7B", "Llama3.2-3B"]

@@ -29,7 +29,7 @@ from launch.report import Options
 FIXTURES = Path(__file__).parent / "fixtures" / "logs"
 STEPS = 300
 EVERY = 10
-OFFSETS = {"math500": 0.0, "amc23": -0.25, "gsm8k": 0.30, "minerva": -0.28, "olympiadbench": -0.34}
+OFFSETS = {"math500": 0.0, "amc23": -0.25, "gsm8k": 0.30, "minerva_math": -0.28, "olympiadbench": -0.34}
 
 
 def grpo_acc(s: int) -> float:
