@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from proc_env import clean_env, one_torch_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "tests" / "scripts"
-_DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK", "ROLE_RANK")
 
 # One actor update, the same in-process and under torchrun: 4 prompts x 2 responses, one mini-batch
 # of 8 sequences, micro-batches of 2 per rank.
@@ -23,27 +23,13 @@ STEP = dict(mini_batch_size=4, micro_batch_size_per_gpu=2, rollout_n=2, lr=1e-3)
 BATCH = dict(num_prompts=4, rollout_n=2, seed=0)
 
 
-@contextlib.contextmanager
-def _one_torch_thread():
-    """Tiny-model CPU work runs ~10x faster on one intra-op thread on a shared 2-core machine."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
-
-
 @pytest.fixture(autouse=True)
 def _single_thread():
-    with _one_torch_thread():
+    with one_torch_thread():
         yield
 
 
-def _clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV and not k.startswith("TORCHELASTIC")}
-    env.update(extra)
-    return env
+
 
 
 def _build_actor(model_dir: str, **kwargs):
@@ -84,7 +70,7 @@ def single_process_step(cpu_platform, tiny_model_dir):
     """Build the real TrainingWorker in this process (world of one) and run one train_mini_batch."""
     from verl_ext.testing.cpu_worker import make_actor_update_batch, max_abs_change, parameter_snapshot
 
-    with _one_torch_thread():
+    with one_torch_thread():
         actor = _build_actor(tiny_model_dir, **STEP)
         td = make_actor_update_batch(actor, **BATCH)
         before = parameter_snapshot(actor.module)
@@ -132,7 +118,7 @@ def test_bare_import_verl_registers_and_unregisters():
     """In a fresh interpreter: `import verl` alone activates the platform; hooks, patch and undo."""
     proc = subprocess.run(
         [sys.executable, "-W", "ignore", str(SCRIPTS / "check_cpu_plugin.py")],
-        capture_output=True, text=True, timeout=180, env=_clean_env(), cwd=ROOT,
+        capture_output=True, text=True, timeout=180, env=clean_env(), cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = _last_json(proc.stdout)
@@ -156,7 +142,7 @@ def test_other_platform_requested_leaves_verl_alone():
         [sys.executable, "-W", "ignore", "-c",
          "import json, verl, verl_ext.platform as p; from verl.utils.device import get_device_name;"
          "print(json.dumps([p.is_active(), p.should_activate(), get_device_name()]))"],
-        capture_output=True, text=True, timeout=120, env=_clean_env(VERL_PLATFORM="nvidia"), cwd=ROOT,
+        capture_output=True, text=True, timeout=120, env=clean_env(VERL_PLATFORM="nvidia"), cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _last_json(proc.stdout) == [False, False, "cuda"]
@@ -244,7 +230,7 @@ def test_torchrun_two_ranks_match_single_process(tiny_model_dir, single_process_
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         str(SCRIPTS / "cpu_train_step.py"), tiny_model_dir, str(out_dir),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=_clean_env(OMP_NUM_THREADS="1"), cwd=ROOT)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=clean_env(OMP_NUM_THREADS="1"), cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     r0, r1 = (json.loads((out_dir / f"rank{r}.json").read_text()) for r in (0, 1))
     for r in (r0, r1):

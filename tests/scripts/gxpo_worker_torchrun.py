@@ -5,6 +5,8 @@ import os
 import torch
 import torch.distributed as dist
 
+torch.set_num_threads(1)
+
 from verl_ext.testing.cpu_worker import build_cpu_actor_worker, compose_trainer_config, make_actor_update_batch
 from verl_ext.workers.training_worker import GXPOTrainingWorker
 
@@ -21,7 +23,7 @@ actor = build_cpu_actor_worker(config=cfg, worker_cls=GXPOTrainingWorker)
 ac = actor.actor_config
 actor.worker.configure_update_rule(ac.update_rule, ac.gxpo, ac.sfpo)
 active = []
-for i in range(8):
+for i in range(5):
     td = make_actor_update_batch(actor, num_prompts=4, rollout_n=2, seed=100 + i)
     actor.worker.train_mini_batch(td)
     active.append(float(actor.worker.rule.gate.active) if i >= 0 else None)

@@ -26,7 +26,20 @@ _ACTOR_ROLES = (Role.Actor, Role.ActorRollout, Role.ActorRolloutRef)
 
 
 class GXPOTrainerSync(PPOTrainerSync):
-    """verl's synchronous v1 trainer, actor roles served by :class:`GXPOActorRolloutRefWorker`."""
+    """verl's synchronous v1 trainer, actor roles served by :class:`GXPOActorRolloutRefWorker`.
+
+    verl's trainer branches on ``self.trainer_mode == "sync"`` (replay buffer, refill, weight-sync
+    schedule) and reads ``trainer.v1.<mode>`` for its settings; so this class reports itself as
+    ``sync`` to that code, whatever name it was selected by.
+    """
+
+    @property
+    def trainer_mode(self) -> str:
+        return "sync"
+
+    @trainer_mode.setter
+    def trainer_mode(self, _value) -> None:  # verl assigns config.trainer.v1.trainer_mode in __init__
+        pass
 
     def _init_resource_pool_mgr(self):
         super()._init_resource_pool_mgr()

@@ -1,0 +1,63 @@
+"""End-of-run summary, read back from verl's file logger (one ``{"step", "data"}`` JSON object a line)."""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+
+
+def read_metrics(path: str) -> list[dict]:
+    """Rows of one metrics file, or of every ``metrics*.jsonl`` in a folder (one per launch; a resumed
+    run's later files win on repeated steps)."""
+    if os.path.isdir(path):
+        by_step: dict = {}
+        for f in sorted(glob.glob(os.path.join(path, "metrics*.jsonl"))):
+            for row in read_metrics(f):
+                by_step[row["_step"]] = row
+        return [by_step[k] for k in sorted(by_step, key=lambda s: (s is None, s))]
+    rows = []
+    if not os.path.exists(path):
+        return rows
+    with open(path) as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            data = rec.get("data", rec)
+            data["_step"] = rec.get("step", data.get("training/global_step"))
+            rows.append(data)
+    return rows
+
+
+def _val_keys(rows: list[dict]) -> list[str]:
+    keys = sorted({k for r in rows for k in r if k.startswith("val-core/") and "/acc/mean@" in k})
+    return keys
+
+
+def summarize(metrics_path: str, ckpt_dir: str, update_rule: str) -> str:
+    rows = read_metrics(metrics_path)
+    lines = ["", "=" * 72, f"GXPO recipe run finished (update_rule={update_rule})"]
+    if not rows:
+        lines.append(f"no metrics found at {metrics_path}")
+    else:
+        steps = [r["_step"] for r in rows if r.get("_step") is not None]
+        lines.append(f"training steps logged: {max(steps) if steps else 0}")
+        for key in _val_keys(rows):
+            vals = [(r["_step"], r[key]) for r in rows if key in r and isinstance(r[key], (int, float)) and not math.isnan(r[key])]
+            if vals:
+                lines.append(f"{key}: start {vals[0][1]:.3f} (step {vals[0][0]})  ->  end {vals[-1][1]:.3f} (step {vals[-1][0]})"
+                             f"  best {max(v for _, v in vals):.3f}")
+        for k in (f"{update_rule}/backward_passes", f"{update_rule}/optimizer_steps", f"{update_rule}/shutoff_update"):
+            vals = [r[k] for r in rows if k in r]
+            if vals:
+                lines.append(f"{k}: {vals[-1]:g}")
+        t = sum(r.get("timing_s/step", 0.0) for r in rows)
+        lines.append(f"training wall-clock (sum of timing_s/step): {t:.1f} s")
+    ckpts = sorted(glob.glob(os.path.join(ckpt_dir, "global_step_*")), key=lambda p: int(p.rsplit("_", 1)[-1]))
+    lines.append(f"checkpoints: {ckpt_dir}" + (f" (latest: {os.path.basename(ckpts[-1])})" if ckpts else " (none saved)"))
+    lines.append(f"metrics log: {metrics_path}")
+    lines.append("=" * 72)
+    return "\n".join(lines)
