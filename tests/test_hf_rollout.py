@@ -226,6 +226,28 @@ def test_eos_stops_generation(engine, model_config):
         engine.load_weights(backup.items())
 
 
+def test_load_format_dummy_vs_checkpoint(model_dir, model_config):
+    """load_format=dummy (verl's default) builds random weights, replaced by the first weight sync;
+    any other value loads model.path."""
+    from transformers import AutoModelForCausalLM
+
+    from verl_ext.rollout.hf_rollout import HFGenerationEngine
+
+    ref = AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
+    loaded = HFGenerationEngine(_rollout_config(load_format="auto"), model_config)
+    loaded.load_model()
+    for k, v in loaded.model.state_dict().items():
+        torch.testing.assert_close(v, ref[k], msg=k)
+    dummy = HFGenerationEngine(_rollout_config(load_format="dummy"), model_config, seed=1)
+    dummy.load_model()
+    assert not torch.equal(dummy.model.state_dict()["lm_head.weight"], ref["lm_head.weight"])
+    copied, unknown = dummy.load_weights(list(ref.items()) + [("not.a.weight", torch.zeros(1))])
+    assert unknown == ["not.a.weight"] and copied == len(ref)
+    assert dummy.finish_weight_update() == []  # every parameter was synced
+    for k, v in dummy.model.state_dict().items():
+        torch.testing.assert_close(v, ref[k], msg=k)
+
+
 # ------------------------------------------------------------------------------------------------
 # adapter -> server -> engine, in-process (a stand-in for the Ray actor handle)
 # ------------------------------------------------------------------------------------------------
@@ -268,7 +290,8 @@ def test_adapter_update_weights_changes_samples_inprocess(model_dir, model_confi
             rollout_mode=RolloutMode.HYBRID,
         )
         await server.init_engine()
-        adapter = get_rollout_class("hf", "async")(config=_rollout_config(), model_config=model_config, device_mesh=None)
+        adapter_cls = get_rollout_class("hf", "async")
+        adapter = adapter_cls(config=_rollout_config(), model_config=model_config, device_mesh=None)
         adapter.server_handle = _LocalHandle(server)
         sp = dict(temperature=1.0, top_p=1.0, top_k=-1, repetition_penalty=1.0, logprobs=True)
         from transformers import AutoModelForCausalLM
@@ -293,6 +316,33 @@ def test_adapter_update_weights_changes_samples_inprocess(model_dir, model_confi
     asyncio.run(scenario())
 
 
+def test_abort_returns_partial_and_resume(model_dir, model_config):
+    """abort_all_requests (partial-rollout protocol) stops the running batch: its rows come back
+    with stop_reason='aborted' and their partial tokens; generation works again after resume."""
+    from verl_ext.rollout.hf_rollout import HFRolloutServer
+
+    cfg = _rollout_config(response_length=400, ignore_eos=True)
+
+    async def scenario():
+        server = HFRolloutServer(config=cfg, model_config=OmegaConf.create(_model_dict(model_dir)))
+        await server.init_engine()
+        prompt = _prompt(model_config)
+        sp = dict(temperature=1.0, logprobs=True)
+        task = asyncio.ensure_future(server.generate(prompt_ids=prompt, sampling_params=dict(sp)))
+        while server._inflight == 0:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        await server.abort_all_requests()
+        out = await task
+        assert out.stop_reason == "aborted"
+        assert 0 < len(out.token_ids) < 400 and len(out.log_probs) == len(out.token_ids)
+        await server.resume_generation()
+        out = await server.generate(prompt_ids=prompt, sampling_params=dict(sp, max_tokens=5))
+        assert out.stop_reason == "completed" and len(out.token_ids) == 5
+
+    asyncio.run(scenario())
+
+
 # ------------------------------------------------------------------------------------------------
 # Ray: real server actor + adapter weight sync + verl's LLMServerClient
 # ------------------------------------------------------------------------------------------------
@@ -304,7 +354,7 @@ def ray_cluster():
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     started = False
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="test_hf_rollout")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="test_hf_rollout")
         started = True
     yield ray
     if started:
