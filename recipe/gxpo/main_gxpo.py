@@ -63,6 +63,25 @@ def _export_plugins(config: DictConfig) -> None:
             env_vars["VERL_USE_EXTERNAL_MODULES"] = ",".join([*current, PLUGIN_MODULES])
 
 
+def _connecting_to_cluster(config: DictConfig) -> bool:
+    """True when ray.init will attach to a running cluster (a Ray job's driver, or an explicit address)."""
+    address = config.ray_kwargs.get("ray_init", {}).get("address") or os.environ.get("RAY_ADDRESS", "")
+    return bool(address) and address != "local"
+
+
+def _fit_ray_init(config: DictConfig) -> None:
+    """Ray refuses num_cpus/num_gpus when attaching to an existing cluster: the cluster's own
+    resources apply then (e.g. a CPU head started with ``ray start --head --num-gpus 1``)."""
+    if not _connecting_to_cluster(config):
+        return
+    with open_dict(config):
+        ray_init = config.ray_kwargs.get("ray_init", {})
+        for key in ("num_cpus", "num_gpus"):
+            if ray_init.get(key) is not None:
+                print(f"[gxpo] attaching to a running Ray cluster: ignoring ray_kwargs.ray_init.{key}={ray_init[key]}")
+                ray_init.pop(key)
+
+
 def _absolute_outputs(config: DictConfig) -> str:
     """Checkpoint dir and metrics file as absolute driver paths (Ray workers may run elsewhere)."""
     with open_dict(config):
@@ -73,6 +92,7 @@ def _absolute_outputs(config: DictConfig) -> str:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             metrics = os.path.join(config.trainer.default_local_dir, f"metrics-{stamp}.jsonl")
         env_vars["VERL_FILE_LOGGER_PATH"] = metrics
+    os.makedirs(os.path.dirname(metrics), exist_ok=True)
     return metrics
 
 
@@ -87,6 +107,7 @@ def run_gxpo(config: DictConfig) -> None:
         print(f"[gxpo] built embedded asset: {path}")
     validate_gxpo_config(config)
     _export_plugins(config)
+    _fit_ray_init(config)
     metrics_path = _absolute_outputs(config)
     run_ppo(config, task_runner_class=GXPOTaskRunner)
     print(summarize(os.path.dirname(metrics_path), config.trainer.default_local_dir, config.actor_rollout_ref.actor.update_rule))

@@ -477,12 +477,43 @@ def _install_platform() -> None:
         )
 
 
+def _cpu_engine(base: type) -> type:
+    """A subclass of verl's FSDP engine for device ``cpu``.
+
+    verl's FSDP2 path wraps forward-only models (the reference policy) in
+    ``CPUOffloadPolicy(pin_memory=True)``; pinning needs an accelerator. While this engine builds its
+    FSDP module, the module-global ``CPUOffloadPolicy`` that verl's code calls is replaced by one that
+    never pins (on CPU, "offloading" to CPU is a no-op anyway); it is restored right after.
+    """
+    import verl.workers.engine.fsdp.transformer_impl as ti
+
+    class CPUEngine(base):
+        def _build_fsdp_module(self, *args, **kwargs):
+            orig = ti.CPUOffloadPolicy
+            if orig is None:
+                return super()._build_fsdp_module(*args, **kwargs)
+
+            def unpinned(*a, **kw):
+                kw["pin_memory"] = False
+                return orig(*a, **kw)
+
+            ti.CPUOffloadPolicy = unpinned
+            try:
+                return super()._build_fsdp_module(*args, **kwargs)
+            finally:
+                ti.CPUOffloadPolicy = orig
+
+    CPUEngine.__name__ = CPUEngine.__qualname__ = f"CPU{base.__name__}"
+    return CPUEngine
+
+
 def _register_engines(engine_pkg: types.ModuleType | None = None) -> None:
     from verl.workers.engine import EngineRegistry
     from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead
 
     with _lock:
-        for model_type, engine_cls in (("language_model", FSDPEngineWithLMHead), ("value_model", FSDPEngineWithValueHead)):
+        for model_type, base in (("language_model", FSDPEngineWithLMHead), ("value_model", FSDPEngineWithValueHead)):
+            engine_cls = _cpu_engine(base)
             for backend in _ENGINE_BACKENDS:
                 registry = EngineRegistry._engines.get(model_type, {}).get(backend, {})
                 if PLATFORM_NAME in registry:

@@ -8,6 +8,8 @@ package's entry point being installed on the cluster. Everything else is verl's 
 
 from __future__ import annotations
 
+import os
+
 import ray
 
 from verl.trainer.main_ppo import TaskRunnerV1
@@ -18,6 +20,9 @@ class GXPOTaskRunnerImpl(TaskRunnerV1.__ray_actor_class__):  # the plain class b
         import verl_ext.plugins  # noqa: F401  (CPU platform / HF rollout where they apply)
         import verl_ext.workers.trainer  # noqa: F401  (registers trainer.v1.trainer_mode=gxpo_sync)
 
+        metrics_file = os.environ.get("VERL_FILE_LOGGER_PATH")
+        if metrics_file:  # verl's file logger does not create its folder (this actor may be on another node)
+            os.makedirs(os.path.dirname(os.path.abspath(metrics_file)), exist_ok=True)
         return super().run(config)
 
 

@@ -23,6 +23,7 @@ from .actor_worker import GXPOActorRolloutRefWorker
 
 TRAINER_MODE = "gxpo_sync"
 _ACTOR_ROLES = (Role.Actor, Role.ActorRollout, Role.ActorRolloutRef)
+_RULE_PREFIXES = ("actor/gxpo/", "actor/sfpo/", "actor/grpo/")
 
 
 class GXPOTrainerSync(PPOTrainerSync):
@@ -40,6 +41,23 @@ class GXPOTrainerSync(PPOTrainerSync):
     @trainer_mode.setter
     def trainer_mode(self, _value) -> None:  # verl assigns config.trainer.v1.trainer_mode in __init__
         pass
+
+    def _build_replay_buffer(self):
+        """verl's replay buffer; ``trainer.v1.sync.poll_interval`` (seconds, project key) overrides its
+        fixed 2 s polling, which dominates a step on a tiny CPU model."""
+        rb = super()._build_replay_buffer()
+        poll = self.config.trainer.v1.get("sync", {}).get("poll_interval")
+        if poll is not None:
+            rb.poll_interval = float(poll)
+        return rb
+
+    def _update_actor(self, batch, metrics: dict):
+        """verl's actor update; the rule's metrics are then logged as ``gxpo/...`` (spec section 8),
+        not under verl's blanket ``actor/`` prefix."""
+        out = super()._update_actor(batch, metrics)
+        for key in [k for k in metrics if k.startswith(_RULE_PREFIXES)]:
+            metrics[key[len("actor/"):]] = metrics.pop(key)
+        return out
 
     def _init_resource_pool_mgr(self):
         super()._init_resource_pool_mgr()
