@@ -166,7 +166,7 @@ def test_every_group_file_is_global_package():
 
 
 def test_main_config_without_groups_keeps_its_own_values(compose):
-    cfg = compose()
+    cfg = compose("~experiment")
     actor = cfg.actor_rollout_ref.actor
     assert actor._target_ == "verl_ext.workers.config.GXPOActorConfig"
     assert actor.strategy == "fsdp2"
@@ -180,6 +180,20 @@ def test_main_config_without_groups_keeps_its_own_values(compose):
     assert cfg.trainer.total_training_steps is None
     assert cfg.algorithm.adv_estimator == "gae"
     assert OmegaConf.is_missing(cfg.actor_rollout_ref.rollout, "name")
+
+
+def test_default_is_the_embedded_cpu_task_and_paper_math_replaces_it(compose):
+    cfg = compose()
+    assert cfg.actor_rollout_ref.rollout.name == "hf"
+    assert cfg.reward.custom_reward_function.path == "pkg://verl_ext.rewards.arithmetic_reward"
+    assert cfg.actor_rollout_ref.model.path.endswith("/tiny-qwen2")
+    assert cfg.trainer.v1.trainer_mode == "gxpo_sync"
+    paper = compose("experiment=paper_math", "base_model=qwen2.5-1.5b")
+    assert "gxpo_embedded" not in paper  # nothing of the CPU preset leaks into GPU runs
+    assert paper.actor_rollout_ref.rollout.name == "vllm"
+    assert paper.ray_kwargs.ray_init.get("num_gpus") is None
+    assert paper.transfer_queue.backend.SimpleStorage.num_data_storage_units == 8
+    assert paper.trainer.v1.trainer_mode == "gxpo_sync"
 
 
 @pytest.mark.parametrize("override", ["base_model=qwen2.5-7b", "method=sfpo_k3", "experiment=paper_math"])
@@ -277,8 +291,12 @@ def test_group_files_only_set_keys_verl_knows(compose):
     """Every key a group file sets must already exist in verl's tree (typos would otherwise be
     silently added), except the project's own keys and free-form dicts."""
     base = OmegaConf.to_container(compose(), resolve=False)
-    own_prefixes = [("gxpo_run",), ("hydra",), ("defaults",)]
-    free_form = [("actor_rollout_ref", "model", "override_config")]
+    own_prefixes = [("gxpo_run",), ("gxpo_embedded",), ("hydra",), ("defaults",)]
+    free_form = [
+        ("actor_rollout_ref", "model", "override_config"),
+        ("ray_kwargs", "ray_init"),  # ray.init(**kwargs): free-form
+        ("trainer", "v1", "sync"),  # verl's per-mode dict; poll_interval is read by the gxpo_sync trainer
+    ]
     for path in CONF_DIR.glob("*/*.yaml"):
         data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
         for key, _ in _leaves(data):

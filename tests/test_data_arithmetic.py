@@ -157,3 +157,15 @@ def test_reward_on_generated_rows_and_extract_integer():
         )
     assert extract_integer("a 12 b") == 12
     assert extract_integer("none") is None
+
+
+def test_in_distribution_validation_covers_every_problem_once():
+    from verl_ext.data.arithmetic import make_arithmetic_rows
+
+    train, val = make_arithmetic_rows(n_train=100, n_val=7, max_operand=4, held_out=False, seed=3)
+    val_q = [r["prompt"][0]["content"] for r in val]
+    assert len(val_q) == len(set(val_q)) == 25  # n_val is ignored: all 25 sums of 0..4
+    assert {r["prompt"][0]["content"] for r in train} == set(val_q)  # training sees every problem too
+    for r in val:
+        a, b = r["prompt"][0]["content"][len("What is "):-1].split("+")
+        assert r["reward_model"]["ground_truth"] == str(int(a) + int(b))

@@ -63,7 +63,7 @@ def test_main_job_runs_every_stage_then_resumes(embedded, tmp_path):
     assert os.path.exists(os.path.join(embedded, "tiny-qwen2", "config.json"))  # built on first use
     m = _metrics(ckpt)
     assert {0, 1, 2} <= set(m), sorted(m)
-    assert "val-core/arithmetic/acc/mean@1" in m[0] and "val-core/arithmetic/acc/mean@1" in m[2]
+    assert "val-core/arithmetic/acc/mean@4" in m[0] and "val-core/arithmetic/acc/mean@4" in m[2]
     for step in (1, 2):
         # the rollout's log-probs equal the actor's recomputed ones: it samples from the current weights
         assert m[step]["training/rollout_probs_diff_max"] < 1e-3
@@ -75,7 +75,7 @@ def test_main_job_runs_every_stage_then_resumes(embedded, tmp_path):
     assert os.path.isdir(actor_dir)
     state = torch.load(os.path.join(actor_dir, "update_rule_rank0.pt"), weights_only=False)
     assert state["rule"] == "gxpo" and state["n_updates"] == 4 and state["gate"]["n_observed"] == 4
-    assert "GXPO recipe run finished" in log and "val-core/arithmetic/acc/mean@1: start" in log
+    assert "GXPO recipe run finished" in log and "val-core/arithmetic/acc/mean@4: start" in log
 
     # resume: the same command with more steps continues from global_step_2
     _run(_common(embedded, ckpt, 4), cwd=tmp_path)

@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-METRIC = "val-core/arithmetic/acc/mean@1"
+METRIC = "val-core/arithmetic/acc/mean@4"
 DEFAULT_KNOBS = {"grpo": {}, "sfpo": {"K": 3, "alpha": 0.8}, "gxpo": {"K": 5, "alpha": 1.0}}
 
 

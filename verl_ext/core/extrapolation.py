@@ -25,14 +25,17 @@ def retention_ratio_(g1: torch.Tensor, g0: torch.Tensor, active_eps: float, rati
     return active
 
 
-def geometric_scale_(r: torch.Tensor, K: int, scale_eps: float) -> torch.Tensor:
+def geometric_scale_(r: torch.Tensor, K: int, scale_eps: float, nonneg: bool | None = None) -> torch.Tensor:
     """In place: overwrite ``r`` (values in [-1, 1]) with ``S_K(r) / S_2(r)``; see :func:`geometric_scale`.
 
     For ``r >= 0`` everywhere (the default clamp [0, 1]) this is a short in-place sequence:
     ``-expm1(K log r) / ((1 - r)(1 + r))`` with the 0/0 at ``r = 1`` replaced by its limit ``K/2``
-    (``log 0 = -inf`` gives exactly ``s(0) = 1``). Negative ratios take the general path.
+    (``log 0 = -inf`` gives exactly ``s(0) = 1``). Negative ratios take the general path;
+    ``nonneg=True`` (the caller's clamp guarantees ``r >= 0``) skips the check and its device sync.
     """
-    if r.numel() and bool((r < 0).any()):
+    if nonneg is None:
+        nonneg = not (r.numel() and bool((r < 0).any()))
+    if not nonneg:
         r.copy_(geometric_scale(r, K, scale_eps))
         return r
     den = 1.0 - r

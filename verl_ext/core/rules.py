@@ -409,7 +409,7 @@ class GXPORule(_GatedRule):
                     idx = slice((-seen) % sample_stride, None, sample_stride)
                     samples.append(gc.reshape(-1)[idx][act.reshape(-1)[idx]].to(torch.float32))
                     seen += gc.numel()
-                    geometric_scale_(gc, c.K, c.scale_eps)  # s(0) = 1 exactly off the active set
+                    geometric_scale_(gc, c.K, c.scale_eps, nonneg=c.ratio_min >= 0 or None)  # s(0) = 1 off A
                     stats[3] += torch.sum(gc, dtype=torch.float64) - (gc.numel() - n_act)
 
             # 6-7. displacement and reposition, in place: p <- theta0 + alpha * s * (p - theta0)

@@ -119,13 +119,21 @@ def make_arithmetic_rows(
     min_operand: int = 0,
     allow_negative: bool = False,
     template: str = DEFAULT_TEMPLATE,
+    held_out: bool = True,
 ) -> tuple[list[dict], list[dict]]:
-    """``(train_rows, val_rows)`` -- see the module docstring for the split rule."""
+    """``(train_rows, val_rows)`` -- see the module docstring for the split rule.
+
+    ``held_out=False`` trains on every distinct problem and validates on all of them once each
+    (``n_val`` is then ignored): validation measures the task itself rather than generalisation
+    to unseen pairs -- what a from-scratch tiny model can show in a few minutes.
+    """
     if n_train < 1 or n_val < 0:
         raise ValueError("need n_train >= 1 and n_val >= 0")
     problems = enumerate_problems(max_operand, ops, min_operand, allow_negative)
     rng = random.Random(seed)
     rng.shuffle(problems)
+    if not held_out:
+        n_val = 0
     if n_val >= len(problems):
         raise ValueError(
             f"n_val={n_val} leaves no training problems: only {len(problems)} distinct problems "
@@ -140,6 +148,8 @@ def make_arithmetic_rows(
         train.extend(order[:take])
         order = list(pool)
         rng.shuffle(order)
+    if not held_out:
+        val = sorted(problems, key=lambda p: (p[1], p[0], p[2]))
     train_rows = [_row(p, "train", i, template) for i, p in enumerate(train)]
     val_rows = [_row(p, "val", i, template) for i, p in enumerate(val)]
     return train_rows, val_rows
@@ -155,8 +165,9 @@ def make_arithmetic_dataset(
     min_operand: int = 0,
     allow_negative: bool = False,
     template: str = DEFAULT_TEMPLATE,
+    held_out: bool = True,
 ) -> dict:
-    """Write ``out_dir/train.parquet`` and ``out_dir/val.parquet``.
+    """Write ``out_dir/train.parquet`` and ``out_dir/val.parquet`` (``held_out``: see :func:`make_arithmetic_rows`).
 
     Returns ``{"train": path, "val": path, "n_train": int, "n_val": int, "n_distinct": int}``.
     """
@@ -169,6 +180,7 @@ def make_arithmetic_dataset(
         min_operand=min_operand,
         allow_negative=allow_negative,
         template=template,
+        held_out=held_out,
     )
     out_dir = os.path.expanduser(out_dir)
     train_path = write_rows(train_rows, os.path.join(out_dir, "train.parquet"))
