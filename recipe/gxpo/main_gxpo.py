@@ -31,13 +31,8 @@ PLUGIN_MODULES = "verl_ext.plugins"
 TRAINER_MODE = "gxpo_sync"
 
 
-def validate_gxpo_config(config: DictConfig):
-    """Driver-side checks, before any Ray worker starts. Raises ``ConfigError`` / ``ValueError``."""
-    import verl_ext.plugins  # noqa: F401  (platform plugin, so verl's device checks see this machine)
-    from verl.trainer.ppo.utils import need_critic, need_reference_policy
-    from verl.utils.config import validate_config
-    from verl.utils.device import auto_set_device
-
+def validate_update_rule(config: DictConfig):
+    """The project's own keys (update rule, gxpo/sfpo sections, trainer mode); cheap, checked first."""
     from verl_ext.core.config import ConfigError
     from verl_ext.workers.config import validate_actor_config
 
@@ -47,6 +42,18 @@ def validate_gxpo_config(config: DictConfig):
     mode = config.trainer.v1.trainer_mode
     if mode != TRAINER_MODE:
         raise ConfigError("trainer.v1.trainer_mode", mode, f"'{TRAINER_MODE}' (verl's sync trainer with the GXPO actor)")
+    return actor_cfg
+
+
+def validate_gxpo_config(config: DictConfig):
+    """Driver-side checks, before any Ray worker starts: ours, then verl's own ``validate_config``.
+    Raises ``ConfigError`` (a ``ValueError``) naming the key, the value and what is allowed."""
+    import verl_ext.plugins  # noqa: F401  (platform plugin, so verl's device checks see this machine)
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+    from verl.utils.device import auto_set_device
+
+    actor_cfg = validate_update_rule(config)
     auto_set_device(config)
     validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
     return actor_cfg
@@ -103,6 +110,7 @@ def run_gxpo(config: DictConfig) -> None:
     from recipe.gxpo.summary import summarize
     from verl_ext.workers.task_runner import GXPOTaskRunner
 
+    validate_update_rule(config)  # fail fast, before building anything
     for path in prepare_embedded_assets(config):
         print(f"[gxpo] built embedded asset: {path}")
     validate_gxpo_config(config)
