@@ -96,8 +96,11 @@ def _free_port() -> int:
 def test_ray_job_submit_to_local_head(embedded, tmp_path):
     ray = os.path.join(os.path.dirname(sys.executable), "ray")
     port, dash = _free_port(), _free_port()
-    temp_dir = str(tmp_path / "ray")
-    env = clean_env(RAY_ADDRESS="", PYTHONUNBUFFERED="1")
+    import tempfile
+
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's unix-socket paths must stay short
+    # a private head for this test: no token auth (a ~/.ray/auth_token on the machine would turn it on)
+    env = clean_env(RAY_ADDRESS="", PYTHONUNBUFFERED="1", RAY_AUTH_MODE="disabled")
     env.pop("RAY_ADDRESS")
     subprocess.run([ray, "start", "--head", f"--port={port}", f"--dashboard-port={dash}", "--num-cpus=16",
                     "--num-gpus=1", "--include-dashboard=true", f"--temp-dir={temp_dir}", "--disable-usage-stats"],

@@ -40,7 +40,7 @@ def model_path(tmp_path_factory):
 def _actor(model_path, rule="gxpo", overrides=(), worker_cls=GXPOTrainingWorker, **kw):
     cfg = compose_trainer_config(
         model_path, config_module="recipe.gxpo.config", config_name="gxpo_trainer", mini_batch_size=4, lr=1e-3,
-        overrides=[f"actor_rollout_ref.actor.update_rule={rule}", *overrides], **kw,
+        overrides=["~experiment", f"actor_rollout_ref.actor.update_rule={rule}", *overrides], **kw,
     )
     actor = build_cpu_actor_worker(config=cfg, worker_cls=worker_cls)
     if worker_cls is GXPOTrainingWorker:

@@ -32,11 +32,15 @@ if out["active"]:
     from verl.workers.engine import EngineRegistry
     from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead
 
+    def engine_for(model_type, backend, base):  # verl's engine, or the CPU platform's subclass of it
+        cls = EngineRegistry._engines[model_type][backend].get("cpu")
+        return cls is not None and issubclass(cls, base)
+
     def state():
         return {
-            "lm_fsdp2": EngineRegistry._engines["language_model"]["fsdp2"].get("cpu") is FSDPEngineWithLMHead,
-            "lm_fsdp": EngineRegistry._engines["language_model"]["fsdp"].get("cpu") is FSDPEngineWithLMHead,
-            "value_fsdp2": EngineRegistry._engines["value_model"]["fsdp2"].get("cpu") is FSDPEngineWithValueHead,
+            "lm_fsdp2": engine_for("language_model", "fsdp2", FSDPEngineWithLMHead),
+            "lm_fsdp": engine_for("language_model", "fsdp", FSDPEngineWithLMHead),
+            "value_fsdp2": engine_for("value_model", "fsdp2", FSDPEngineWithValueHead),
             "pg_patched": bool(getattr(vd.initialize_global_process_group_ray, "__verl_ext_cpu_patch__", False)),
             "pg_global_patched": bool(getattr(vd.initialize_global_process_group, "__verl_ext_cpu_patch__", False)),
             "engine_workers_bound": ew.initialize_global_process_group_ray is vd.initialize_global_process_group_ray,

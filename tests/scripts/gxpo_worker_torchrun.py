@@ -15,6 +15,7 @@ threshold = "1e-6" if rank == 0 else "1e9"
 cfg = compose_trainer_config(
     os.environ["TINY_MODEL"], config_module="recipe.gxpo.config", config_name="gxpo_trainer", mini_batch_size=4, lr=1e-3,
     overrides=[
+        "~experiment",  # the recipe config alone: this script sets the CPU worker knobs itself
         "actor_rollout_ref.actor.update_rule=gxpo", "actor_rollout_ref.actor.gxpo.warmup=2",
         "actor_rollout_ref.actor.gxpo.window=4", f"actor_rollout_ref.actor.gxpo.z_threshold={threshold}",
     ],
