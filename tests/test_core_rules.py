@@ -135,8 +135,6 @@ def test_adamw_state_advances_three_steps_and_matches_reference():
         assert steps == {3 * (u + 1)}  # three optimizer steps per active update, never reset
     for a, b in zip(m.parameters(), ref.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    for k in o.state:
-        pass
     for (pa, sa), (pb, sb) in zip(o.state.items(), oref.state.items()):
         torch.testing.assert_close(sa["exp_avg"], sb["exp_avg"], rtol=1e-10, atol=1e-14)
 
