@@ -283,7 +283,8 @@ class SFPOConfig:
 def build_config(cls, raw: Any, prefix: str):
     """Turn a mapping (dict, OmegaConf node) or an instance into ``cls``, naming ``prefix`` keys in errors.
 
-    Unknown keys are rejected with the list of allowed ones (a typo in a sweep must not be ignored).
+    Unknown keys are rejected with the list of allowed ones (a typo in a sweep must not be ignored);
+    keys starting with ``_`` (``_target_``, YAML bookkeeping) are ignored.
     """
     if isinstance(raw, cls):
         return raw.validate(prefix)
@@ -297,7 +298,7 @@ def build_config(cls, raw: Any, prefix: str):
     names = {f.name for f in fields(cls)}
     kwargs = {}
     for k, v in raw.items():
-        if k == "_target_":
+        if isinstance(k, str) and k.startswith("_"):  # _target_ and YAML bookkeeping (e.g. _variant_alpha)
             continue
         if k not in names:
             raise ConfigError(f"{prefix}{k}", v, "no such key; known keys: " + ", ".join(sorted(names)))
