@@ -346,6 +346,11 @@ class GXPORule(_GatedRule):
         if clip_grad is not None and not (isinstance(clip_grad, (int, float)) and clip_grad > 0):
             raise ConfigError("clip_grad", clip_grad, "null or a number > 0")
         self.clip_grad = None if clip_grad is None else float(clip_grad)
+        if self.clip_grad is None and (c.ratio_source == "clipped" or c.gate_signal == "corrective_norm_clipped"):
+            warnings.warn(
+                f"gxpo: ratio_source={c.ratio_source!r} / gate_signal={c.gate_signal!r} use the clip factor, but "
+                "build_update_rule(clip_grad=None) was given: treated as no clipping (c = 1)", stacklevel=2,
+            )
         self.gate = ZScoreGate(
             mode=c.shutoff, window=c.window, warmup=c.warmup, threshold=c.z_threshold, eps=c.z_eps,
             shutoff_at=c.shutoff_at, two_sided=c.two_sided, stat=c.gate_stat, ema_omega=c.ema_omega,
