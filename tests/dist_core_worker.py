@@ -45,7 +45,7 @@ def run(rank: int, world: int, out_dir: str, n_updates: int, cfg: dict, rank0_th
             dist.all_reduce(x)
         return x
 
-    def compute_grads():
+    def compute_grads(phase="plain"):
         opt.zero_grad(set_to_none=False)
         s = allsum(p.detach().sum().reshape(1)).item()
         with torch.no_grad():

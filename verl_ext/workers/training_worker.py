@@ -212,13 +212,10 @@ class GXPOTrainingWorker(TrainingWorker):
     def _get_rule(self) -> UpdateRule:
         if self.rule is None:
             shard_group, decision_group = self._process_groups()
-            import inspect  # TEMP until the core's contract lands (decision_group / clip_grad)
-
-            extra = dict(decision_group=decision_group, clip_grad=getattr(self.optimizer_config, "clip_grad", None))
-            extra = {k: v for k, v in extra.items() if k in inspect.signature(build_update_rule).parameters}
             self.rule = build_update_rule(
                 self.update_rule_name, self._trainable_params, gxpo=self.gxpo_config, sfpo=self.sfpo_config,
-                process_group=shard_group, **extra,
+                process_group=shard_group, decision_group=decision_group,
+                clip_grad=getattr(self.optimizer_config, "clip_grad", None),
             )
             if self._pending_rule_state is not None:
                 self.rule.load_state_dict(self._pending_rule_state)
