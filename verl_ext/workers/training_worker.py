@@ -49,7 +49,7 @@ from verl.utils.metric.utils import Metric
 from verl.utils.tensordict_utils import maybe_fix_3d_position_ids
 from verl.workers.engine_workers import TrainingWorker
 
-from verl_ext.core import UpdateRule, build_update_rule
+from verl_ext.core import TorchOptimizerState, UpdateRule, build_update_rule
 from verl_ext.core.config import GXPOConfig, SFPOConfig
 
 logger = logging.getLogger(__name__)
@@ -89,20 +89,21 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
-class EngineOptimizerState:
-    """Save / restore of a verl engine's optimizer state (``OptimizerStateHooks`` for the core rule).
+class EngineOptimizerState(TorchOptimizerState):
+    """The core's optimizer-state hooks for a verl engine's optimizer, with host-memory snapshots.
 
-    Works on the local shards of FSDP2 DTensor states and copies back INTO the state tensors the
-    optimizer holds at restore time, so it stays right when verl's optimizer offload
-    (``offload_fsdp_optimizer`` / ``load_fsdp_optimizer``) has replaced those tensor objects in the
-    meantime. A parameter without state at save time (before its first step) loses its state on
-    restore, as a fresh optimizer would. ``host=True`` keeps the snapshot in host memory (used when
-    the engine offloads its optimizer); otherwise it lives beside the state (Adam: two
-    parameter-sized copies plus the step counters).
+    Like :class:`~verl_ext.core.policies.TorchOptimizerState` (which it extends: ``lr_wd`` for
+    ``ratio_source=adam_direction``), it snapshots the local shards of FSDP2 DTensor states and
+    copies back INTO the state tensors the optimizer holds at restore time, so it stays right when
+    verl's optimizer offload (``offload_fsdp_optimizer`` / ``load_fsdp_optimizer``) has replaced
+    those tensor objects in the meantime. A parameter without state at save time (before its first
+    step) loses its state on restore, as a fresh optimizer would. ``host=True`` keeps the snapshot
+    in host memory (used when the engine offloads its optimizer); otherwise it lives beside the
+    state (AdamW: two parameter-sized fp32 copies plus the step counters).
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, host: bool = False):
-        self.optimizer = optimizer
+        super().__init__(optimizer)
         self.host = host
 
     def _params(self):
@@ -123,14 +124,15 @@ class EngineOptimizerState:
                 else:
                     entry[k] = v
             snap.append(entry)
-        return snap
+        groups = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        return {"state": snap, "groups": groups}
 
     @torch.no_grad()
     def restore(self, snapshot) -> None:
-        params = self._params()
-        if len(params) != len(snapshot):
-            raise ValueError(f"optimizer snapshot holds {len(snapshot)} parameters, the optimizer {len(params)}")
-        for p, entry in zip(params, snapshot):
+        params, saved = self._params(), snapshot["state"]
+        if len(params) != len(saved):
+            raise ValueError(f"optimizer snapshot holds {len(saved)} parameters, the optimizer {len(params)}")
+        for p, entry in zip(params, saved):
             if entry is None:
                 self.optimizer.state.pop(p, None)
                 continue
@@ -143,6 +145,8 @@ class EngineOptimizerState:
                     _local(cur).copy_(v)
                 else:
                     st[k] = v
+        for g, sg in zip(self.optimizer.param_groups, snapshot["groups"]):
+            g.update(sg)
 
 
 def response_scores(data: TensorDict) -> Optional[torch.Tensor]:
