@@ -92,7 +92,7 @@ def ensure_dist_env(rank: int = 0, world_size: int = 1, *, master_addr: str = "1
 # Config
 # ---------------------------------------------------------------------------------------------
 
-_PRECISIONS = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16"}
+_PRECISIONS = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16", "float16": "fp16"}
 
 
 def cpu_overrides(
@@ -114,7 +114,8 @@ def cpu_overrides(
 
     ``strategy=fsdp2`` (FSDP1 needs ``sync_module_states`` on an accelerator), sdpa attention (no
     flash-attn), no ``torch.compile``; ``precision='fp32'`` makes FSDP2's mixed precision a no-op
-    (verl's default is bf16 compute with fp32 masters: pass ``precision='bf16'``). The batch sizes
+    (verl's default is bf16 compute with fp32 masters: pass ``precision='bf16'``; ``'fp16'`` makes
+    verl build its fp16 ``ShardedGradScaler``, see :func:`enable_cpu_grad_scaler`). The batch sizes
     are per *prompt* like verl's (``ppo_mini_batch_size`` is multiplied by ``rollout.n``).
     """
     prec = _PRECISIONS[precision]
@@ -221,6 +222,25 @@ def build_actor_training_config(config):
 # ---------------------------------------------------------------------------------------------
 
 
+def enable_cpu_grad_scaler(engine) -> bool:
+    """Give an fp16 engine on CPU a working loss scaler; True when one was put in place.
+
+    verl's FSDP engine builds ``ShardedGradScaler(growth_interval=400)`` whenever
+    ``param_dtype=fp16``; that scaler targets CUDA and disables itself without it, so on CPU the
+    loss is not scaled. This replaces it by the same scaler for device ``cpu`` (same
+    ``growth_interval``, torch's default initial scale 2**16), so verl's own scale -> backward ->
+    unscale_ -> step -> update path runs exactly as on a GPU. Engines without an fp16 scaler, or
+    with one that is already enabled, are left alone.
+    """
+    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+    scaler = getattr(engine, "scaler", None)
+    if scaler is None or scaler.is_enabled():
+        return False
+    engine.scaler = ShardedGradScaler(device="cpu", growth_interval=400)
+    return True
+
+
 @dataclass
 class CPUActor:
     """A live actor ``TrainingWorker`` plus the configs it was built from."""
@@ -258,7 +278,8 @@ def build_cpu_actor_worker(
     Give either ``model_path`` (the config is composed with :func:`compose_trainer_config`;
     ``cpu_kwargs`` go to :func:`cpu_overrides`, e.g. ``lora_rank=8``, ``mini_batch_size=4``,
     ``precision='bf16'``, ``lr=1e-4``) or a ready trainer ``config``. Under torchrun every rank
-    calls this; otherwise a world of one is set up (:func:`ensure_dist_env`).
+    calls this; otherwise a world of one is set up (:func:`ensure_dist_env`). An fp16 engine gets a
+    working CPU grad scaler (:func:`enable_cpu_grad_scaler`).
     """
     from verl_ext.platform import register_cpu_platform
 
@@ -280,6 +301,7 @@ def build_cpu_actor_worker(
     loss_fn = make_actor_loss_fn(actor_config)
     worker = worker_cls(config=training_config)
     worker.reset()
+    enable_cpu_grad_scaler(worker.engine)
     worker.set_loss_fn(loss_fn)
     return CPUActor(
         worker=worker,
@@ -594,6 +616,7 @@ __all__ = [
     "compose_trainer_config",
     "compute_log_probs",
     "cpu_overrides",
+    "enable_cpu_grad_scaler",
     "ensure_dist_env",
     "free_port",
     "grpo_advantages",

@@ -1,21 +1,36 @@
 """verl adapter: a ``TrainingWorker`` whose per-mini-batch update is a GRPO / SFPO / GXPO rule.
 
 verl 0.9.1's actor update is ``TrainingWorker.train_mini_batch`` (mini-batches x ppo_epochs, LR
-scheduler once per call) -> ``train_batch`` (one mini-batch) -> ``BaseEngine.train_batch``
-(``optimizer_zero_grad`` -> ``forward_backward_batch`` -> ``optimizer_step``). This worker keeps
-``train_mini_batch`` and everything around it, and replaces only the engine call inside
-``train_batch`` with the core rule, whose closures are the engine's own primitives:
+scheduler once per call) -> ``TrainingWorker.train_batch`` (one mini-batch: engine defaults, the
+``train_mode`` context, timing, LR step, metrics post-processing; profiled as ``train_batch``) ->
+``engine.train_batch(data, loss_function)`` = ``BaseEngine.train_batch`` (``optimizer_zero_grad`` ->
+``forward_backward_batch`` -> ``optimizer_step``). This worker inherits both worker methods
+unchanged and replaces only the last call: its engine's ``train_batch`` is bound to
+:meth:`GXPOTrainingWorker._engine_train_batch`, which applies the core rule with the engine's own
+primitives as closures:
 
-* ``compute_grads``  = ``engine.optimizer_zero_grad()`` + ``engine.forward_backward_batch(batch)``
-  (all micro-batches, dynamic batch size, Ulysses, LoRA: whatever the engine does);
-* ``optimizer_step`` = ``engine.optimizer_step()`` (clip at ``optim.clip_grad``, skip non-finite,
-  returns the pre-clip global norm, leaves the clipped gradient in ``.grad``).
+* ``compute_grads(phase)`` = ``engine.optimizer_zero_grad()`` + ``engine.forward_backward_batch(batch)``
+  (all micro-batches, dynamic batch size, Ulysses, LoRA: whatever the engine does). It returns the
+  pass's global policy entropy when a gate reads it and, under fp16, the loss scale the engine's
+  ``ShardedGradScaler`` applied (``grad_scale``: ``.grad`` holds scale x the gradient until
+  ``optimizer_step`` unscales it). With ``gxpo.recompute_old_log_probs`` the batch's
+  ``old_log_probs`` are recomputed at the current parameters before the ``probe2`` and
+  ``corrective`` passes, by the engine's forward exactly as verl's ``compute_log_prob`` does.
+* ``optimizer_step()`` = ``engine.optimizer_step()`` (unscale, clip at ``optim.clip_grad``, skip
+  non-finite, returns the pre-clip global norm, leaves the clipped gradient in ``.grad``); a step
+  the grad scaler skipped is reported as a non-finite norm.
 
-All passes run inside the one ``engine.train_mode()`` context ``train_batch`` opens, so parameter
+All passes run inside the ``engine.train_mode()`` context verl's ``train_batch`` opens, so parameter
 and optimizer offload load once per mini-batch. The trainable parameters are those with
-``requires_grad`` (only the LoRA adapters under peft). The rule's state (gate, counters) is saved
-beside the engine's checkpoint as ``update_rule_rank{r}.pt`` and restored on load. With
-``update_rule=grpo`` the update is exactly verl's stock one.
+``requires_grad`` (only the LoRA adapters under peft).
+
+Metrics: verl's actor metrics (``actor/pg_loss``, ``actor/ppo_kl``, ``actor/pg_clipfrac``,
+``actor/entropy_loss``, ``loss``, ``grad_norm``) come from the FIRST pass of the update (at theta0,
+comparable with a GRPO run); the last pass of a multi-pass update (GXPO's corrective, SFPO's slow
+pass) is reported as ``<rule>/<phase>_<name>`` (``gxpo/corrective_pg_loss``, ...). ``mfu`` counts
+every pass's work. The rule's state (gate, counters) is saved beside the engine's checkpoint as
+``update_rule_rank{r}.pt`` and restored on load. With ``update_rule=grpo`` the update is exactly
+verl's stock one.
 """
 
 from __future__ import annotations
@@ -30,8 +45,8 @@ from tensordict import TensorDict
 
 from verl.single_controller.base.decorator import Dispatch, make_nd_compute_dataproto_dispatch_fn, register
 from verl.utils import tensordict_utils as tu
-from verl.utils.tensordict_utils import maybe_fix_3d_position_ids
 from verl.utils.metric.utils import Metric
+from verl.utils.tensordict_utils import maybe_fix_3d_position_ids
 from verl.workers.engine_workers import TrainingWorker
 
 from verl_ext.core import TorchOptimizerState, UpdateRule, build_update_rule
@@ -41,7 +56,16 @@ logger = logging.getLogger(__name__)
 
 RULE_STATE_FILE = "update_rule_rank{rank}.pt"
 # cumulative counters: a training step reports the value after its last mini-batch, not a mean
-CUMULATIVE_SUFFIXES = ("/backward_passes", "/optimizer_steps", "/skipped_updates", "/updates", "/diagnostic_passes", "/shutoff_update")
+CUMULATIVE_SUFFIXES = (
+    "/backward_passes", "/optimizer_steps", "/skipped_updates", "/updates", "/diagnostic_passes", "/shutoff_update",
+    "/degenerate_skips", "/fallback_steps",
+)
+# budget counters that survive a resume under a different update_rule (iso-BP accounting)
+BUDGET_COUNTERS = ("backward_passes", "optimizer_steps")
+# phases whose pass is the update's "first" / "last" training pass (diagnostic passes are extra)
+_DIAGNOSTIC = "diagnostic"
+# a forward-only pass costs about a third of a forward+backward one (verl's own mfu convention)
+_FORWARD_ONLY_WORK = 1.0 / 3.0
 
 
 def _scalar(v: Any) -> Optional[float]:
@@ -61,6 +85,86 @@ def _scalar(v: Any) -> Optional[float]:
         return None
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+class EngineOptimizerState(TorchOptimizerState):
+    """The core's optimizer-state hooks for a verl engine's optimizer, with host-memory snapshots.
+
+    Like :class:`~verl_ext.core.policies.TorchOptimizerState` (which it extends: ``lr_wd`` for
+    ``ratio_source=adam_direction``), it snapshots the local shards of FSDP2 DTensor states and
+    copies back INTO the state tensors the optimizer holds at restore time, so it stays right when
+    verl's optimizer offload (``offload_fsdp_optimizer`` / ``load_fsdp_optimizer``) has replaced
+    those tensor objects in the meantime. A parameter without state at save time (before its first
+    step) loses its state on restore, as a fresh optimizer would. ``host=True`` keeps the snapshot
+    in host memory (used when the engine offloads its optimizer); otherwise it lives beside the
+    state (AdamW: two parameter-sized fp32 copies plus the step counters).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, host: bool = False):
+        super().__init__(optimizer)
+        self.host = host
+
+    def _params(self):
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def save(self):
+        snap = []
+        for p in self._params():
+            st = self.optimizer.state.get(p)
+            if not st:
+                snap.append(None)
+                continue
+            entry = {}
+            for k, v in st.items():
+                if isinstance(v, torch.Tensor):
+                    loc = _local(v).detach()
+                    entry[k] = loc.to("cpu", copy=True) if self.host else loc.clone()
+                else:
+                    entry[k] = v
+            snap.append(entry)
+        groups = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        return {"state": snap, "groups": groups}
+
+    @torch.no_grad()
+    def restore(self, snapshot) -> None:
+        params, saved = self._params(), snapshot["state"]
+        if len(params) != len(saved):
+            raise ValueError(f"optimizer snapshot holds {len(saved)} parameters, the optimizer {len(params)}")
+        for p, entry in zip(params, saved):
+            if entry is None:
+                self.optimizer.state.pop(p, None)
+                continue
+            st = self.optimizer.state[p]
+            for k, v in entry.items():
+                cur = st.get(k)
+                if isinstance(v, torch.Tensor):
+                    if not isinstance(cur, torch.Tensor):
+                        raise RuntimeError(f"optimizer state '{k}' of a parameter disappeared between save and restore")
+                    _local(cur).copy_(v)
+                else:
+                    st[k] = v
+        for g, sg in zip(self.optimizer.param_groups, snapshot["groups"]):
+            g.update(sg)
+
+
+def response_scores(data: TensorDict) -> Optional[torch.Tensor]:
+    """Per-response scores of an update batch: the sum over the response of the token-level scores.
+
+    verl's v1 trainer keeps the reward manager's token scores under ``rm_scores`` (a nested
+    tensor, one row per response) in the batch it hands to ``update_actor``; the v0 trainer (and
+    the test batches) carry them padded as ``token_level_scores``. None when neither is present.
+    """
+    for key in ("rm_scores", "token_level_scores"):
+        if key in data.keys():
+            x = data[key]
+            if getattr(x, "is_nested", False):
+                return torch.stack([row.float().sum() for row in x.unbind()])
+            return x.float().reshape(x.shape[0], -1).sum(-1)
+    return None
+
+
 class GXPOTrainingWorker(TrainingWorker):
     """``TrainingWorker`` that applies ``update_rule`` (grpo | sfpo | gxpo) to every mini-batch."""
 
@@ -71,6 +175,12 @@ class GXPOTrainingWorker(TrainingWorker):
         self.sfpo_config = sfpo or SFPOConfig()
         self.rule: Optional[UpdateRule] = None
         self._pending_rule_state: Optional[dict] = None
+        self._pending_counters: Optional[dict] = None
+        self._pass_work = 1.0  # training-pass equivalents of the last update (for mfu)
+        self.last_passes: list[dict] = []  # phase, metrics, loss of every pass of the last update (for tests)
+        # verl's TrainingWorker.train_batch calls engine.train_batch(data, loss_function=...): that one
+        # call (BaseEngine.train_batch: zero_grad -> forward_backward -> optimizer_step) is the rule's
+        self.engine.train_batch = self._engine_train_batch
 
     # -- configuration ---------------------------------------------------------------------------
     def configure_update_rule(self, update_rule: str, gxpo=None, sfpo=None) -> None:
@@ -83,110 +193,226 @@ class GXPOTrainingWorker(TrainingWorker):
     def _trainable_params(self):
         return [p for p in self.engine.module.parameters() if p.requires_grad]
 
-    def _process_group(self):
-        """The group over which parameter shards are disjoint (FSDP's shard dimension)."""
+    def _process_groups(self):
+        """``(reduction group, decision group)`` for the rule.
+
+        Reductions (norms, dots, counts) run over the group across which parameter shards are
+        disjoint: FSDP's shard dimension (``fsdp``; under HSDP the replicas along ``ddp`` hold
+        identical shards). The gate decision is broadcast from global rank 0 over the whole actor
+        group, so replica groups can never run different numbers of passes.
+        """
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return None
+            return None, None
+        world = dist.group.WORLD
         mesh = getattr(self.engine, "device_mesh", None)
         if mesh is not None and mesh.ndim == 2 and "fsdp" in (mesh.mesh_dim_names or ()):
-            # HSDP: replicas along "ddp" hold identical shards; norms reduce over the shard group
-            return mesh.get_group("fsdp")
-        return dist.group.WORLD
+            return mesh.get_group("fsdp"), world
+        return world, world
+
+    def _process_group(self):
+        """The reduction group (see :meth:`_process_groups`)."""
+        return self._process_groups()[0]
 
     def _get_rule(self) -> UpdateRule:
         if self.rule is None:
+            shard_group, decision_group = self._process_groups()
             self.rule = build_update_rule(
                 self.update_rule_name, self._trainable_params, gxpo=self.gxpo_config, sfpo=self.sfpo_config,
-                process_group=self._process_group(),
+                process_group=shard_group, decision_group=decision_group,
+                clip_grad=getattr(self.optimizer_config, "clip_grad", None),
             )
             if self._pending_rule_state is not None:
                 self.rule.load_state_dict(self._pending_rule_state)
                 self._pending_rule_state = None
+            if self._pending_counters is not None:
+                self._apply_counters(self._pending_counters)
+                self._pending_counters = None
         return self.rule
 
-    # -- the update ------------------------------------------------------------------------------
-    def _rule_train_batch(self, data: TensorDict) -> dict:
-        """What ``BaseEngine.train_batch`` does, with the rule driving the engine primitives."""
+    def _apply_counters(self, counters: dict) -> None:
+        for k, v in counters.items():
+            setattr(self.rule, k, int(v))
+
+    # -- helpers of the passes -------------------------------------------------------------------
+    def _grad_scaler(self):
+        """The engine's fp16 ``ShardedGradScaler`` when it is active, else None (bf16 / fp32)."""
+        scaler = getattr(self.engine, "scaler", None)
+        return scaler if scaler is not None and scaler.is_enabled() else None
+
+    def _dp_mean(self, value: float) -> float:
+        t = torch.tensor([value], dtype=torch.float64, device=self.device_name)
+        group = self.engine.get_data_parallel_group()
+        if dist.is_initialized() and dist.get_world_size(group) > 1:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+            t /= dist.get_world_size(group)
+        return float(t.item())
+
+    def _pass_entropy(self, out) -> Optional[float]:
+        ent = _scalar(out.get("metrics", {}).get("actor/entropy_loss")) if out is not None else None
+        return None if ent is None else self._dp_mean(ent)
+
+    def _pass_loss(self, out) -> Optional[float]:
+        """The pass's loss as verl's ``_postprocess_output`` reports it (micro-batch sum, dp mean)."""
+        loss = out.get("loss") if out is not None else None
+        if loss is None:
+            return None
+        return self._dp_mean(float(torch.sum(torch.as_tensor(loss, dtype=torch.float64))))
+
+    def _recompute_old_log_probs(self, data: TensorDict) -> None:
+        """``old_log_probs`` at the current parameters, as verl's ``compute_log_prob`` computes them.
+
+        The engine's forward-only pass (``infer_batch``, eval mode, the batch's own micro-batching
+        and temperature), converted to the layout the batch already uses: nested per response (v1
+        trainer, ``response_from_nested``) or padded (v0 trainer, ``no_padding_2_padding``).
+        """
+        from verl.workers.utils.padding import no_padding_2_padding, response_from_nested
+
         engine = self.engine
+        old = data["old_log_probs"]
+        was_training = engine.module.training
+        engine.module.eval()
+        try:
+            out = engine.infer_batch(data, loss_function=None)
+        finally:
+            engine.module.train(was_training)
+        log_probs = out["model_output"]["log_probs"]
+        if getattr(old, "is_nested", False):
+            new = response_from_nested(log_probs, data["response_mask"])
+        else:
+            new = no_padding_2_padding(log_probs, data)
+        data["old_log_probs"] = new.to(old.dtype)
+
+    def _degenerate(self, data: TensorDict) -> bool:
+        """``gxpo.degenerate_skip_frac``: more than that fraction of the mini-batch's responses score 0.
+
+        Counted over the whole data-parallel mini-batch (all-reduced), so every rank decides alike.
+        """
+        frac = getattr(self.gxpo_config, "degenerate_skip_frac", None)
+        if self.update_rule_name != "gxpo" or frac is None:
+            return False
+        scores = response_scores(data)
+        if scores is None:
+            raise KeyError(
+                "gxpo.degenerate_skip_frac needs the responses' scores in the update batch "
+                "('rm_scores' or 'token_level_scores'); neither is present"
+            )
+        t = torch.tensor([float((scores == 0).sum()), float(scores.numel())], dtype=torch.float64, device=self.device_name)
+        group = self.engine.get_data_parallel_group()
+        if dist.is_initialized() and dist.get_world_size(group) > 1:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+        zeros, total = t.tolist()
+        return total > 0 and zeros / total > float(frac)
+
+    # -- the update ------------------------------------------------------------------------------
+    def _engine_train_batch(self, data: TensorDict, loss_function=None) -> dict:
+        """``BaseEngine.train_batch`` with the rule driving the engine primitives (bound on the engine)."""
+        engine = self.engine
+        loss_fn = loss_function if loss_function is not None else self.loss_fn
         rule = self._get_rule()
         maybe_fix_3d_position_ids(data)
-        needs_entropy = self.update_rule_name == "sfpo" and self.sfpo_config.shutoff == "adaptive"
-        if needs_entropy:
-            tu.assign_non_tensor(data, calculate_entropy=True)
-        last: dict[str, Any] = {}
+        gx = self.gxpo_config if self.update_rule_name == "gxpo" else None
+        entropy_phases = set()
+        if self.update_rule_name == "sfpo" and self.sfpo_config.shutoff == "adaptive":
+            entropy_phases = {"fast", "slow", "plain"}
+        elif gx is not None and getattr(gx, "gate_signal", "corrective_norm") == "entropy":
+            entropy_phases = {"corrective"}
+        recompute = gx is not None and bool(getattr(gx, "recompute_old_log_probs", False))
+        base_entropy = bool(tu.get(data, key="calculate_entropy", default=False))
+        original_old = data["old_log_probs"] if recompute and "old_log_probs" in data.keys() else None
+        passes: list[dict] = []
+        norms: list[float] = []
+        forwards = 0
 
-        def compute_grads(phase="plain"):
+        def compute_grads(phase: str = "plain"):
+            nonlocal forwards
+            if original_old is not None:
+                if phase in ("probe2", "corrective"):
+                    self._recompute_old_log_probs(data)
+                    forwards += 1
+                else:  # theta0's passes (probe 1, plain fallback, diagnostic) use the rollout's old log-probs
+                    data["old_log_probs"] = original_old
+            want_entropy = phase in entropy_phases
+            tu.assign_non_tensor(data, calculate_entropy=base_entropy or want_entropy)
             engine.optimizer_zero_grad()
-            out = engine.forward_backward_batch(data, self.loss_fn, forward_only=False)
-            last["outputs"] = out
+            out = engine.forward_backward_batch(data, loss_fn, forward_only=False)
+            passes.append({"phase": phase, "outputs": out})
             aux = {}
-            if needs_entropy and out is not None:
-                ent = _scalar(out.get("metrics", {}).get("actor/entropy_loss"))
+            if want_entropy:
+                ent = self._pass_entropy(out)
                 if ent is not None:
-                    t = torch.tensor([ent], dtype=torch.float64, device=self.device_name)
-                    group = engine.get_data_parallel_group()
-                    if dist.is_initialized() and dist.get_world_size(group) > 1:
-                        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
-                        t /= dist.get_world_size(group)
-                    aux["entropy"] = float(t.item())
+                    aux["entropy"] = ent
+            scaler = self._grad_scaler()
+            if scaler is not None:
+                aux["grad_scale"] = float(scaler.get_scale())
             return aux
 
         def optimizer_step():
-            n = engine.optimizer_step()
-            last["grad_norm"] = n
+            scaler = self._grad_scaler()
+            scale_before = float(scaler.get_scale()) if scaler is not None else None
+            n = float(engine.optimizer_step())
+            if scaler is not None and float(scaler.get_scale()) < scale_before:
+                n = float("nan")  # the scaler found inf/nan and skipped optimizer.step()
+            norms.append(n)
             return n
 
-        hooks = TorchOptimizerState(engine.optimizer) if getattr(self.gxpo_config, "diagnose_every", 0) else None
-        rule_metrics = rule.step(compute_grads, optimizer_step, optimizer_state=hooks)
-        outputs = last["outputs"]  # the final pass's outputs (corrective / slow / only pass)
+        force_plain = self._degenerate(data)
+        kwargs = {"optimizer_state": EngineOptimizerState(engine.optimizer, host=engine.is_optimizer_offload_enabled)}
+        if force_plain:
+            kwargs["force_plain"] = True
+        rule_metrics = rule.step(compute_grads, optimizer_step, **kwargs)
+        if original_old is not None:
+            data["old_log_probs"] = original_old
+        tu.assign_non_tensor(data, calculate_entropy=base_entropy)
+
+        training = [p for p in passes if p["phase"] != _DIAGNOSTIC] or passes
+        first, last = training[0], training[-1]
+        self._pass_work = len(passes) + _FORWARD_ONLY_WORK * forwards
+        # rank-local metrics of every pass (dp-mean loss), for tests and debugging
+        self.last_passes = [
+            {"phase": p["phase"], "metrics": {k: _scalar(v) for k, v in p["outputs"].get("metrics", {}).items()},
+             "loss": self._pass_loss(p["outputs"])}
+            for p in passes
+        ]
+        last_loss = self.last_passes[passes.index(last)]["loss"]
+        outputs = first["outputs"]
         if engine.is_mp_src_rank_with_outputs():
             assert "grad_norm" not in outputs["metrics"]
-            outputs["metrics"]["grad_norm"] = last["grad_norm"]
+            outputs["metrics"]["grad_norm"] = norms[0] if norms else float("nan")
+            if last is not first:
+                prefix = f"{self.update_rule_name}/{last['phase']}_"
+                for k, v in last["outputs"]["metrics"].items():
+                    outputs["metrics"][prefix + k.split("/", 1)[-1]] = v
+                if last_loss is not None:
+                    outputs["metrics"][prefix + "loss"] = Metric(aggregation="mean", value=last_loss)
             # global values (identical on every rank); Metric so verl's dp all-gather aggregates them
             outputs["metrics"].update({k: Metric(aggregation="mean", value=v) for k, v in rule_metrics.items()})
         return outputs
 
-    @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="train"), blocking=False)
-    def train_batch(self, data: TensorDict) -> TensorDict:
-        """verl's ``TrainingWorker.train_batch`` with the engine update replaced by the rule (see module doc)."""
-        from codetiming import Timer
-
-        assert self.loss_fn is not None, "loss function can't be None when calling train_batch"
-        assert not self.engine_config.forward_only, "Can't run `train_batch` when forward_only is in the engine config."
-        global_token_num = tu.get(data, key="global_token_num")
-        disable_auto_offload = tu.get(data, key="disable_auto_offload", default=False)
-        images_seqlens = tu.get(data, key="images_seqlens", default=None)
-        default_keys = dict(
-            use_remove_padding=self.model_config.get("use_remove_padding", False),
-            use_dynamic_bsz=self.engine_config.use_dynamic_bsz,
-            max_token_len_per_gpu=self.engine_config.max_token_len_per_gpu,
-            micro_batch_size_per_gpu=self.engine_config.micro_batch_size_per_gpu,
-            use_fused_kernels=self.engine_config.use_fused_kernels,
-        )
-        for key, val in default_keys.items():
-            if key not in data.keys():
-                tu.assign_non_tensor(data, **{key: val})
-
-        with self.engine.train_mode(disable_auto_offload=disable_auto_offload), Timer(name="train_batch", logger=None) as timer:
-            output = self._rule_train_batch(data)
-        delta_time = timer.last
-
-        lr = self.engine.lr_scheduler_step() if tu.get(data, key="update_lr_scheduler", default=False) else None
-        if not self.engine.is_mp_src_rank_with_outputs():
-            return None
-        output.pop("model_output", None)
-        if lr is not None:
-            output["metrics"]["lr"] = lr
-        return self._postprocess_output(
-            output, global_token_num=global_token_num, delta_time=delta_time, forward_only=False,
+    def _postprocess_output(self, output, *, global_token_num, delta_time, forward_only, images_seqlens):
+        """verl's post-processing; a training update's ``mfu`` counts every pass it ran."""
+        final = super()._postprocess_output(
+            output, global_token_num=global_token_num, delta_time=delta_time, forward_only=forward_only,
             images_seqlens=images_seqlens,
-        ).cpu()
+        )
+        if not forward_only:
+            metrics = tu.get(final, "metrics")
+            if "mfu" in metrics:
+                metrics["mfu"] = metrics["mfu"] * self._pass_work
+            self._pass_work = 1.0
+        return final
 
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="train"), blocking=False)
     def train_mini_batch(self, data: TensorDict) -> TensorDict:
+        """verl's ``train_mini_batch``; then the rule's end of the training step (``rule.end_step()``,
+        on every rank: ``gate_granularity=step`` decides there) and cumulative counters reported
+        at their last value."""
         output = super().train_mini_batch(data)
+        rule = self.rule
+        step_metrics = rule.end_step() if rule is not None and hasattr(rule, "end_step") else {}
         if output is not None:
             metrics = tu.get(output, "metrics")
+            for k, v in (step_metrics or {}).items():
+                metrics[k] = [float(v)]
             for k, v in list(metrics.items()):
                 if k.endswith(CUMULATIVE_SUFFIXES) and isinstance(v, list) and v:
                     metrics[k] = [v[-1]]
@@ -201,6 +427,8 @@ class GXPOTrainingWorker(TrainingWorker):
     def save_checkpoint(self, local_path, hdfs_path=None, global_step=0, max_ckpt_to_keep=None):
         out = super().save_checkpoint(local_path, hdfs_path, global_step, max_ckpt_to_keep)
         state = self.rule.state_dict() if self.rule is not None else self._pending_rule_state
+        if state is None and self._pending_counters is not None:
+            state = {"rule": None, **self._pending_counters}
         if state is not None:
             os.makedirs(local_path, exist_ok=True)
             torch.save(state, self.rule_state_path(local_path))
@@ -208,13 +436,23 @@ class GXPOTrainingWorker(TrainingWorker):
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def load_checkpoint(self, local_path, hdfs_path=None, del_local_after_load=False):
+        """verl's load; then the rule state. A state saved under another ``update_rule`` restores
+        only the budget counters (cumulative backward passes and optimizer steps), not the gate."""
         path = self.rule_state_path(local_path) if local_path else None
         state = torch.load(path, weights_only=False) if path and os.path.exists(path) else None
         out = super().load_checkpoint(local_path, hdfs_path, del_local_after_load)
         if state is not None:
             if state.get("rule") != self.update_rule_name:
-                logger.warning("checkpoint holds a '%s' update-rule state; this run uses '%s': not restored",
-                               state.get("rule"), self.update_rule_name)
+                counters = {k: int(state[k]) for k in BUDGET_COUNTERS if k in state}
+                logger.warning(
+                    "checkpoint holds a '%s' update-rule state; this run uses '%s': only the budget counters %s carry over",
+                    state.get("rule"), self.update_rule_name, counters,
+                )
+                if self.rule is not None:
+                    self._apply_counters(counters)
+                else:
+                    self._pending_rule_state = None
+                    self._pending_counters = counters
             elif self.rule is not None:
                 self.rule.load_state_dict(state)
             else:
