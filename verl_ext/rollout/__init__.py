@@ -1,20 +1,20 @@
 """Rollout backends for verl. ``register_hf_rollout()`` adds the HF-``generate`` rollout under ``rollout.name=hf``.
 
 Importing this package imports neither verl nor torch; ``register_hf_rollout()`` does (lazily), and
-the backend module :mod:`verl_ext.rollout.hf_rollout` is only imported when verl asks for the classes.
-See that module's docstring for how the backend is wired into verl.
+the backend package :mod:`verl_ext.rollout.hf_rollout` is only imported when verl asks for the classes.
+See that package's docstring for how the backend is wired into verl.
 """
 
 from __future__ import annotations
 
 HF_ROLLOUT_NAME = "hf"
-HF_SERVER_ADAPTER = "verl_ext.rollout.hf_rollout.HFServerAdapter"
+HF_SERVER_ADAPTER = "verl_ext.rollout.hf_rollout.adapter.HFServerAdapter"
 
 __all__ = ["HF_ROLLOUT_NAME", "HF_SERVER_ADAPTER", "register_hf_rollout", "is_hf_rollout_registered"]
 
 
 def _load_hf_replica():
-    from verl_ext.rollout.hf_rollout import HFReplica
+    from verl_ext.rollout.hf_rollout.replica import HFReplica
 
     return HFReplica
 
