@@ -13,6 +13,19 @@ from verl_ext.rewards.math_reward import compute_score, extract_prediction, norm
 
 MATH = "math500"
 GSM = "gsm8k"
+GSM_REF = "She had 50 and gave away 8, so 50 - 8 = <<50-8=42>>42.\n#### 42"
+
+
+
+def PM(*rows: str) -> str:
+    """A pmatrix written with spaces around the row separator (Math-500's style)."""
+    return "\\begin{pmatrix} " + " \\\\ ".join(rows) + " \\end{pmatrix}"
+
+
+def PMC(*rows: str) -> str:
+    """The same pmatrix written without any whitespace."""
+    return "\\begin{pmatrix}" + "\\\\".join(r.replace(" ", "") for r in rows) + "\\end{pmatrix}"
+
 
 # (ground truth, response, expected score)
 CASES = [
@@ -81,6 +94,40 @@ CASES = [
     ("2", "}}}} \\boxed{2}", 1.0),
     ("1", "\\boxed{\\frac{1}{0}}", 0.0),
     ("1", "\\boxed{\\sqrt{-1}}", 0.0),
+    # boxes without braces: TeX takes one token ("\\boxed75" is a boxed 7 followed by 5)
+    ("7", "\\boxed7", 1.0),
+    ("7", "so the answer is $\\boxed7$.", 1.0),
+    ("7", "\\boxed7.", 1.0),
+    ("7", "\\boxed8", 0.0),
+    ("7", "\\boxed75", 1.0),
+    ("75", "\\boxed75", 0.0),
+    ("\\pi", "\\boxed\\pi", 1.0),
+    ("5", "$\\boxed 5$", 1.0),
+    # a number and its unit inside one text command
+    ("5", "\\boxed{\\text{5 cm}}", 1.0),
+    ("5", "\\boxed{\\text{6 cm}}", 0.0),
+    ("5.5", "\\boxed{\\text{5.5 m}}", 1.0),
+    ("5", "\\boxed{\\text{5 square units}}", 1.0),
+    ("5", "\\boxed{\\text{5 cm}^2}", 1.0),
+    ("1000", "\\boxed{\\text{1,000 dollars}}", 1.0),
+    ("5", "\\boxed{\\text{five}}", 0.0),
+    # matrices and vectors: whitespace around the row separator \\ does not matter, the entries do
+    (PM("1", "2"), "\\boxed{" + PMC("1", "2") + "}", 1.0),
+    (PMC("1", "2"), "\\boxed{" + PM("1", "2") + "}", 1.0),
+    (PM("-1", "2", "3"), "\\boxed{" + PMC("-1", "2", "3") + "}", 1.0),
+    (PM("1 & 2", "3 & 4"), "\\boxed{" + PMC("1&2", "3&4") + "}", 1.0),
+    (PM("1", "2"), "\\boxed{\\begin{pmatrix} 1 \\\\[2pt] 2 \\end{pmatrix}}", 1.0),
+    (PM("1", "2"), "\\boxed{\\begin{bmatrix}1\\\\2\\end{bmatrix}}", 1.0),
+    (PM("\\sqrt{2}", "1"), "\\boxed{" + PMC("\\sqrt2", "1") + "}", 1.0),
+    (PM("\\frac{1}{2}", "-\\frac{3}{4}"), "\\boxed{" + PMC("0.5", "-0.75") + "}", 1.0),
+    (PM("0.5", "2"), "\\boxed{" + PMC("\\dfrac12", "2") + "}", 1.0),
+    (PM("\\frac{1}{3}", "1"), "\\boxed{" + PMC("0.33", "1") + "}", 0.0),
+    (PM("1 & 2", "3 & 4"), "\\boxed{" + PMC("3&4", "1&2") + "}", 0.0),  # rows swapped
+    (PM("1", "2"), "\\boxed{" + PMC("2", "1") + "}", 0.0),
+    (PM("1 & 2", "3 & 4"), "\\boxed{" + PMC("1&2", "3&5") + "}", 0.0),  # one wrong entry
+    (PM("1", "2"), "\\boxed{" + PMC("1", "2", "3") + "}", 0.0),  # one row more
+    (PM("1 & 2"), "\\boxed{" + PMC("1", "2") + "}", 0.0),  # row vs column vector
+    (PM("1", "2"), "\\boxed{(1,2)}", 0.0),
 ]
 
 
@@ -111,6 +158,13 @@ def test_table(gt, response, expected):
         ("\\frac{1}{2}", "so 1/2", GSM, {}, 0.0),  # fallback only for numeric ground truths
         ("7", "no number at all", GSM, {}, 0.0),
         ("7", "\\boxed{7}", GSM, {}, 1.0),
+        # a raw GSM8K reference as the ground truth: its "#### <answer>" is the gold
+        (GSM_REF, "So she has 42 left.", GSM, {}, 1.0),
+        (GSM_REF, "So she has 42 left.", "unnamed_source", {}, 1.0),  # the reference marks GSM8K style
+        (GSM_REF, "\\boxed{42}", MATH, {}, 1.0),
+        (GSM_REF, "So she has 41 left.", GSM, {}, 0.0),
+        (GSM_REF, "So she has 42 left.", GSM, {"numeric_fallback": "never"}, 0.0),
+        ("Total: 1,234 + 0 #### 1,234", "It is 1234.", GSM, {}, 1.0),
     ],
 )
 def test_gsm8k_numeric_fallback(gt, response, data_source, kwargs, expected):
@@ -193,6 +247,39 @@ def test_prediction_and_normalisation_helpers():
     assert normalize_answer("\\$5.") == "5"
     assert normalize_answer("f \\circ g") == "f \\circ g"
     assert normalize_answer("x \\rightarrow y") == "x \\rightarrow y"
+    # the row separator survives, spacing commands next to it go
+    assert normalize_answer("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}") == "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}"
+    assert normalize_answer("1\\\\\\,2") == "1\\\\ 2"
+    assert normalize_answer("1 \\\\[3pt] 2") == "1 \\\\ 2"
+    assert normalize_answer("a\\ b") == "a b"
+    assert normalize_answer("\\text{5 cm}") == "5\\text{ cm}"
+    assert extract_prediction("\\boxed7") == "7"
+    assert extract_prediction("\\boxed\\frac12") == "\\frac"  # one token, as TeX reads it
+    assert extract_prediction("\\boxedfoo") is None
+
+
+# Answers whose sympy evaluation would run for minutes or exhaust memory.
+BOMBS = ["10^{10^{10}}", "(10^{100})!", "\\binom{10^{9}}{10^{8}}", "2^{3^{4^{5}}}"]
+
+
+@pytest.mark.parametrize("bomb", BOMBS)
+def test_every_answer_is_bounded_in_time_on_the_main_thread(bomb):
+    t = time.monotonic()
+    assert compute_score(MATH, "\\boxed{" + bomb + "}", "1", timeout_s=1)["score"] == 0.0
+    assert compute_score(MATH, "\\boxed{" + PMC(bomb, "1") + "}", PM("1", "1"), timeout_s=1)["score"] == 0.0
+    assert time.monotonic() - t < 30.0  # generous: math-verify stops each step after ~1 s here
+
+
+def test_every_answer_is_bounded_in_time_on_worker_threads(fresh_grader_pool):
+    """In verl's reward threads no signal can interrupt sympy; the grading process is killed instead."""
+    with ThreadPoolExecutor(max_workers=2) as ex:
+        t = time.monotonic()
+        futs = [ex.submit(compute_score, MATH, "\\boxed{" + b + "}", "1", None, timeout_s=1) for b in BOMBS]
+        assert [f.result(timeout=120)["score"] for f in futs] == [0.0] * len(BOMBS)
+        # 4 answers on 2 threads, each bounded by the hard deadline (5 s at timeout_s=1) + a restart
+        assert time.monotonic() - t < 60.0
+        # and the pool still grades normally afterwards
+        assert ex.submit(compute_score, MATH, "\\boxed{(x+1)^2}", "x^2+2x+1").result(timeout=120)["score"] == 1.0
 
 
 # --------------------------------------------------------------------- threads (verl's reward loop)

@@ -5,7 +5,8 @@ anywhere, including by ``verl_ext.data`` when it pulls ground truths out of refe
 
 * :func:`last_boxed_content` -- the content of the LAST ``\\boxed{...}`` (or ``\\fbox{...}``) with
   nested braces matched; ``None`` when there is no box or the last one is unbalanced (a truncated
-  response). ``\\boxed 5`` (argument without braces) is accepted too.
+  response). Arguments without braces are accepted too: ``\\boxed 5`` (Hendrycks' convention:
+  everything up to whitespace or ``$``) and ``\\boxed7`` / ``\\boxed\\pi`` (TeX's rule: one token).
 * :func:`gsm8k_final_answer` -- the number after ``####`` in a GSM8K reference answer.
 * :func:`last_number` -- the last plain number in a free-form response (GSM8K-style fallback).
 * :func:`strip_math_delimiters` -- removes surrounding ``$...$`` / ``\\(...\\)`` / ``\\[...\\]``.
@@ -36,6 +37,11 @@ _NUMBER_RE = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?!
 
 
 _PLAIN_NUMBER_RE = re.compile(r"[-+]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+)")
+
+
+# One TeX token: a control word (``\pi``), a control symbol (``\%``) or one plain character other
+# than a brace, a math delimiter or whitespace.
+_SINGLE_TOKEN_RE = re.compile(r"\\[A-Za-z]+|\\[^A-Za-z\s]|[^\s{}$\\]")
 
 
 def _match_braces(text: str, open_idx: int) -> Optional[int]:
@@ -79,6 +85,12 @@ def _box_argument(text: str, cmd_end: int) -> Optional[str]:
         m = re.match(r"[^\s$]+", text[i:])
         if m:
             return m.group(0)
+        return None
+    # "\boxed7" / "\boxed\pi": TeX takes ONE token as the argument of a macro without braces --
+    # a control sequence or a single character ("\boxed75" renders as a boxed 7 followed by 5).
+    m = _SINGLE_TOKEN_RE.match(text, cmd_end)
+    if m:
+        return m.group(0)
     return None
 
 

@@ -27,13 +27,18 @@ ground truth, else 0.0:
 2. otherwise math-verify (``parse`` both as ``\\boxed{...}``, ``verify(gold, pred)``), with timeouts
    that work off the main thread (see :mod:`verl_ext.rewards.math_grader`).
 
-Light normalisation (both sides) removes ``\\left``/``\\right``, ``\\!``-style spacing, ``\\dfrac`` ->
-``\\frac``, degree signs, ``\\%`` and dollar signs, and a trailing period. Units written as
-``\\text{ cm}`` are dropped by math-verify itself.
+Light normalisation (both sides) removes ``\\left``/``\\right``, ``\\!``-style spacing (the row
+separator ``\\\\`` of a matrix is kept, its optional ``[2pt]`` dropped), ``\\dfrac`` -> ``\\frac``,
+degree signs, ``\\%`` and dollar signs, and a trailing period. Units written as ``\\text{ cm}`` are
+dropped by math-verify itself; ``\\text{5 cm}`` (number and unit in one text command) is first
+rewritten to ``5\\text{ cm}``.
+
+A ground truth that is a raw GSM8K reference (``"<worked solution> #### 42"``) stands for the number
+after ``####``.
 
 No box: 0.0, except for GSM8K-style numeric ground truths when the numeric fallback applies (by
-default for data sources whose name contains ``gsm8k``): then the last number in the response is
-compared exactly. An unbalanced last box (truncated response) scores 0.0.
+default for data sources whose name contains ``gsm8k`` and for raw GSM8K references): then the last
+number in the response is compared exactly. An unbalanced last box (truncated response) scores 0.0.
 
 The function never raises: malformed input, non-string input, timeouts -> 0.0.
 """
@@ -48,6 +53,7 @@ from typing import Any, Optional
 try:  # absolute imports so the grading worker processes can import the same module by name
     from verl_ext.rewards import math_grader
     from verl_ext.rewards.extraction import (
+        gsm8k_final_answer,
         last_boxed_content,
         last_number,
         parse_number,
@@ -57,6 +63,7 @@ except ImportError:  # loaded by file path (verl's ``custom_reward_function.path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     from verl_ext.rewards import math_grader
     from verl_ext.rewards.extraction import (
+        gsm8k_final_answer,
         last_boxed_content,
         last_number,
         parse_number,
@@ -68,8 +75,25 @@ __all__ = ["compute_score", "score_answer", "normalize_answer", "extract_predict
 #: Longest boxed answer that is graded at all (longer ones score 0; real answers are short).
 DEFAULT_MAX_ANSWER_CHARS = 1000
 
-_SPACING_RE = re.compile(r"\\[!,;:> ]|\\q?quad\b|~")
+# LaTeX spacing commands, tokenised left to right so that the row separator ``\\`` (and its
+# optional spacing argument, ``\\[2pt]``) is matched as ONE token and kept: a plain ``\\[ ,;:!>]``
+# pattern would eat the second backslash of ``\\ `` and merge the rows of a matrix.
+_SPACING_RE = re.compile(
+    r"(?P<row>\\\\)(?:\[\s*-?[\d.]+\s*(?:pt|em|ex|mm|cm|in|bp|mu)\s*\])?"
+    r"|\\[!,;:> ]|\\q?quad\b|~"
+)
+# A number and its unit wrapped in one text command, ``\text{5 cm}``: rewritten to
+# ``5\text{ cm}``, the form whose unit math-verify drops.
+_TEXT_NUMBER_UNIT_RE = re.compile(
+    r"\\(?:text|textrm|mathrm|mbox)\s*\{\s*"
+    r"(?P<num>[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[-+]?\.\d+)"
+    r"\s*(?P<unit>[A-Za-z]+(?:\s+[A-Za-z]+)*)\s*\}"
+)
 _TEXT_WRAP_RE = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
+
+
+def _spacing_repl(m: "re.Match[str]") -> str:
+    return "\\\\" if m.group("row") else " "
 
 
 def normalize_answer(s: str) -> str:
@@ -79,7 +103,8 @@ def normalize_answer(s: str) -> str:
     s = re.sub(r"\\(?:left|right)\.", "", s)  # null delimiters
     s = re.sub(r"\\(?:left|right|big|Big|bigg|Bigg)(?![A-Za-z])", "", s)
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    s = _SPACING_RE.sub(" ", s)
+    s = _SPACING_RE.sub(_spacing_repl, s)
+    s = _TEXT_NUMBER_UNIT_RE.sub(lambda m: m.group("num") + "\\text{ " + m.group("unit") + "}", s)
     # degrees
     s = re.sub(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ(?![A-Za-z])|°|\\degree(?![A-Za-z])", "", s)
     # percent and currency signs
@@ -130,9 +155,17 @@ def _gold_list(ground_truth: object) -> list[str]:
     out = []
     for g in items:
         t = _as_text(g)
+        if t is not None and "####" in t:
+            # a raw GSM8K reference ("<worked solution> #### 42"): its final answer is the gold
+            t = gsm8k_final_answer(t)
         if t is not None and t.strip():
             out.append(t)
     return out
+
+
+def _is_gsm8k_reference(ground_truth: object) -> bool:
+    items = ground_truth if isinstance(ground_truth, (list, tuple)) else [ground_truth]
+    return any("####" in t for t in map(_as_text, items) if t is not None)
 
 
 def score_answer(
@@ -161,7 +194,7 @@ def score_answer(
     return math_grader.answers_equivalent(g, p, timeout_s=timeout_s, mode=mode, pool_size=pool_size)
 
 
-def _fallback_enabled(setting: object, data_source: object) -> bool:
+def _fallback_enabled(setting: object, data_source: object, gsm8k_reference: bool = False) -> bool:
     if isinstance(setting, bool):
         return setting
     s = str(setting).strip().lower()
@@ -169,7 +202,10 @@ def _fallback_enabled(setting: object, data_source: object) -> bool:
         return True
     if s in ("never", "false", "0", "no", "none", ""):
         return False
-    # a substring of the data source name, "gsm8k" by default
+    # a substring of the data source name, "gsm8k" by default; a raw GSM8K reference ("... #### 42")
+    # marks a GSM8K-style problem whatever the data source is called
+    if s == "gsm8k" and gsm8k_reference:
+        return True
     return isinstance(data_source, str) and s in data_source.lower()
 
 
@@ -195,7 +231,8 @@ def compute_score(
         extra_info: ``row["extra_info"]`` (unused).
         numeric_fallback: when the response has no ``\\boxed{}`` and the ground truth is a plain
             number, compare the last number of the response instead. ``"gsm8k"`` (default): only
-            for data sources whose name contains that substring (any substring works);
+            for data sources whose name contains that substring (any substring works) and for
+            ground truths that are raw GSM8K references (``... #### 42``);
             ``"always"``/True; ``"never"``/False.
         timeout_s: math-verify time limit per parse / comparison.
         mode: ``"auto"`` | ``"signal"`` | ``"subprocess"`` | ``"none"`` (see ``math_grader``).
@@ -223,7 +260,9 @@ def compute_score(
                     )
                     for g in golds
                 )
-            elif not _has_box_command(text) and _fallback_enabled(numeric_fallback, data_source):
+            elif not _has_box_command(text) and _fallback_enabled(
+                numeric_fallback, data_source, _is_gsm8k_reference(ground_truth)
+            ):
                 num = last_number(text)
                 if num is not None:
                     pred_out = num

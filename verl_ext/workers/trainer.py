@@ -19,6 +19,8 @@ from verl.trainer.ppo.utils import Role
 from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY, register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
+from verl_ext.metrics.pass_at_k import parse_pass_at_k_setting, pass_at_k_metrics
+
 from .actor_worker import GXPOActorRolloutRefWorker
 
 TRAINER_MODE = "gxpo_sync"
@@ -58,6 +60,24 @@ class GXPOTrainerSync(PPOTrainerSync):
         for key in [k for k in metrics if k.startswith(_RULE_PREFIXES)]:
             metrics[key[len("actor/"):]] = metrics.pop(key)
         return out
+
+    def _val_metrics_update(
+        self, data_sources, sample_uids, reward_extra_infos_dict, sample_turns, expected_acc_counts=None
+    ) -> dict:
+        """verl's validation metrics plus the unbiased ``val-core/<data_source>/acc/pass@<k>`` for
+        k = 1, k = ``rollout.val_kwargs.n`` and every k in ``trainer.val_pass_at_k``
+        (:mod:`verl_ext.metrics.pass_at_k`; verl's ``best@k`` is a bootstrap, not pass@k)."""
+        metrics = super()._val_metrics_update(
+            data_sources, sample_uids, reward_extra_infos_dict, sample_turns, expected_acc_counts=expected_acc_counts
+        )
+        acc = reward_extra_infos_dict.get("acc")
+        if acc is not None:
+            n = int(self.config.actor_rollout_ref.rollout.val_kwargs.get("n", 1))
+            extra = parse_pass_at_k_setting(self.config.trainer.get("val_pass_at_k"))
+            metrics.update(
+                pass_at_k_metrics(data_sources, sample_uids, acc, {1, n, *extra}, expected_counts=expected_acc_counts)
+            )
+        return metrics
 
     def _init_resource_pool_mgr(self):
         super()._init_resource_pool_mgr()

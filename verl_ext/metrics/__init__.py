@@ -1,0 +1,1 @@
+"""Evaluation metrics computed from validation samples (pure Python, no verl imports)."""
