@@ -16,11 +16,13 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Mapping
 
-RULES = ("grpo", "sfpo", "gxpo")
+from recipe.gxpo.run_layout import sanitize  # noqa: F401  (re-exported: the launchers and the report name runs with it)
+from verl_ext.core.config import UPDATE_RULES as RULES
+from verl_ext.core.config import GXPOConfig, SFPOConfig
 
-# Defaults of the public config (GXPO_SPEC section 6), used when a run only names the rule.
-DEFAULT_K = {"gxpo": 5, "sfpo": 3}
-DEFAULT_ALPHA = {"gxpo": 1.0, "sfpo": 0.8}
+# Defaults of the config dataclasses (the one source), used when a run only names the rule.
+DEFAULT_K = {"gxpo": GXPOConfig.K, "sfpo": SFPOConfig.K}
+DEFAULT_ALPHA = {"gxpo": GXPOConfig.alpha, "sfpo": SFPOConfig.alpha}
 
 # Hydra keys of the public config contract.
 KEY_RULE = "actor_rollout_ref.actor.update_rule"
@@ -29,14 +31,6 @@ DEFAULT_SEED_KEY = "data.seed"
 # Hydra groups of conf/ that select the base model / the update-rule preset.
 MODEL_GROUPS = ("base_model", "model")
 METHOD_GROUP = "method"
-
-_SAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
-
-
-def sanitize(text: str) -> str:
-    """A string safe for Ray submission ids, file names and wandb names."""
-    out = _SAFE.sub("-", str(text)).strip("-")
-    return out
 
 
 def backward_passes_per_update(method: str | None, K: int | None) -> int | None:

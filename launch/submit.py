@@ -17,15 +17,20 @@ job's ``working_dir`` (minus ``.git``, ``.venv``, outputs, checkpoints, data, wa
 * ``trainer.experiment_name=<name>`` is added unless an override sets it or ``--keep-experiment-name``
   is given (then the config's name stands: ``conf/experiment/paper_math.yaml`` builds a unique one).
   The experiment name also names verl's checkpoint directory, so two runs must never share it.
-* ``--log-dir DIR`` (default ``$GXPO_LOG_DIR``; must be visible to the cluster's nodes) gives the run
-  a directory ``DIR/<name>/`` that ``launch.report`` reads: verl's file logger writes
-  ``DIR/<name>/metrics-<stamp>.jsonl`` (through ``VERL_FILE_LOGGER_PATH``; one file per submission,
-  so a resumed run does not truncate the earlier attempt's metrics), wandb writes under
-  ``DIR/<name>/wandb/``, Hydra writes its config to ``DIR/<name>/hydra/<stamp>/.hydra/`` and this
-  script saves ``DIR/<name>/launch-<stamp>.json`` (the submitted job). ``trainer.logger`` is set to
-  ``[console,file,wandb]`` unless an override sets it.
+* ``--log-dir DIR`` (default ``$GXPO_LOG_DIR``; must be shared storage the cluster's nodes see) is
+  required (unless an override sets ``trainer.default_local_dir``): the run's directory is
+  ``DIR/<name>/`` and the job gets ``trainer.default_local_dir=DIR/<name>``, so verl's checkpoints
+  (``global_step_N/``), the metrics file ``launch.report`` reads (``metrics-<stamp>.jsonl``, one per
+  submission, written by ``recipe.gxpo.main_gxpo``) and wandb's files (``wandb/``, offline unless
+  ``WANDB_MODE`` is set) all land there -- never in Ray's temporary copy of the working dir. Hydra
+  writes its config to ``DIR/<name>/hydra/<stamp>/.hydra/`` and this script saves
+  ``DIR/<name>/launch-<stamp>.json`` (the submitted job). Submitting the same ``--name`` again
+  resumes that run from its latest checkpoint (``trainer.resume_mode=auto``), e.g. with more
+  ``trainer.total_training_steps``.
 * ``submission_id`` is the sanitized run name (``--submission-id`` to set it, ``--unique-id`` to append
-  a timestamp). Ray refuses a second job with the same id, which guards against double submission.
+  a timestamp). When the cluster already has a finished job with that id (a resubmission), the id
+  gets a timestamp; a run that still has a PENDING/RUNNING job is refused (two jobs must never
+  write one run directory).
 * ``--dry-run`` prints the exact ``submit_job`` keyword arguments as JSON on stdout and exits 0
   without contacting Ray.
 * ``--wait`` tails the job's logs until it ends; the exit status is 0 only if the job SUCCEEDED.
@@ -46,6 +51,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from launch import runmeta
+from recipe.gxpo import run_layout
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
@@ -161,7 +167,7 @@ def make_submission_id(name: str, unique: bool = False, now: _dt.datetime | None
     if not sid:
         raise LaunchError(f"--name {name!r}: needs at least one letter or digit")
     if unique:
-        sid += "-" + (now or _dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
+        sid += "-" + (now or _dt.datetime.now()).strftime(run_layout.STAMP_FORMAT)
     return sid
 
 
@@ -184,13 +190,14 @@ def build_job(
     metadata: Mapping[str, str] | None = None,
     now: _dt.datetime | None = None,
     set_experiment_name: bool = True,
+    require_run_dir: bool = False,
 ) -> dict[str, Any]:
     """The keyword arguments of ``JobSubmissionClient.submit_job`` for one run."""
     if not name or not str(name).strip():
         raise LaunchError("--name is required and must not be empty")
     overrides = validate_overrides(list(overrides))
     now = now or _dt.datetime.now()
-    stamp = now.strftime("%Y%m%d-%H%M%S")
+    stamp = now.strftime(run_layout.STAMP_FORMAT)
     sid = submission_id or make_submission_id(name, unique_id, now)
     if not re.fullmatch(r"[A-Za-z0-9_.\-]+", sid):
         raise LaunchError(f"--submission-id {sid!r}: use only letters, digits, '_', '.', '-'")
@@ -210,10 +217,8 @@ def build_job(
 
     if log_dir:
         run_dir = Path(log_dir).expanduser().resolve() / run_name
-        job_env["VERL_FILE_LOGGER_PATH"] = str(run_dir / f"metrics-{stamp}.jsonl")
-        job_env["WANDB_DIR"] = str(run_dir)
-        if not _has_key(overrides, "trainer.logger"):
-            overrides.append("trainer.logger=[console,file,wandb]")
+        if not _has_key(overrides, "trainer.default_local_dir"):
+            overrides.append(f"trainer.default_local_dir={run_dir}")
         if not _has_key(overrides, "hydra.run.dir"):
             overrides.append(f"hydra.run.dir={run_dir / 'hydra' / stamp}")
         try:  # a log dir inside the project must not be uploaded with the code
@@ -221,11 +226,15 @@ def build_job(
             excludes.append("/" + rel.as_posix())
         except ValueError:
             pass
+    elif require_run_dir and not _has_key(overrides, "trainer.default_local_dir"):
+        raise LaunchError("--log-dir (or $GXPO_LOG_DIR) is required: a shared directory for the run's checkpoints, "
+                          "metrics and wandb files (without it they would land in Ray's temporary copy of the "
+                          "working dir); or set trainer.default_local_dir=/shared/path/<run> yourself")
 
     job_env.update(env or {})  # explicit --env wins over everything
 
     meta = runmeta.merge_meta(runmeta.meta_from_overrides(overrides), runmeta.meta_from_name(run_name))
-    job_meta = {"run_name": run_name, "launcher": "launch.submit", "overrides": json.dumps(overrides)}
+    job_meta = {"run_name": run_name, "launcher": "launch.submit", "stamp": stamp, "overrides": json.dumps(overrides)}
     for key in ("model", "method", "K", "alpha", "seed"):
         if key in meta:
             job_meta[key] = str(meta[key])
@@ -292,9 +301,7 @@ def save_launch_record(job: Mapping[str, Any], address: str) -> Path | None:
     run_dir = job.get("metadata", {}).get("run_dir")
     if not run_dir:
         return None
-    path_env = job["runtime_env"]["env_vars"].get("VERL_FILE_LOGGER_PATH", "")
-    m = re.search(r"metrics-(.+)\.jsonl$", path_env)
-    stamp = m.group(1) if m else _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    stamp = job.get("metadata", {}).get("stamp") or run_layout.timestamp()
     path = Path(run_dir) / f"launch-{stamp}.json"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -305,17 +312,45 @@ def save_launch_record(job: Mapping[str, Any], address: str) -> Path | None:
     return path
 
 
-def submit(client, job: Mapping[str, Any]) -> str:
+def _field(obj, name: str):
+    return obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
+
+
+def active_jobs_of_run(client, job: Mapping[str, Any]) -> list[str]:
+    """Submission ids of the cluster's PENDING/RUNNING jobs that write the same run directory."""
+    run_dir = job.get("metadata", {}).get("run_dir")
+    run_name = job.get("metadata", {}).get("run_name")
+    out = []
+    for other in client.list_jobs():
+        meta = _field(other, "metadata") or {}
+        same = (run_dir and meta.get("run_dir") == run_dir) or (not run_dir and meta.get("run_name") == run_name)
+        status = str(getattr(_field(other, "status"), "value", _field(other, "status"))).split(".")[-1].upper()
+        if same and status not in TERMINAL:
+            out.append(_field(other, "submission_id"))
+    return out
+
+
+def submit(client, job: dict[str, Any]) -> str:
+    """Submit ``job``. A run with a job still PENDING/RUNNING is refused; a finished job holding the
+    submission id (a resubmission, which resumes the run) makes the id ``<id>-<stamp>``."""
+    active = active_jobs_of_run(client, job)
+    if active:
+        raise RuntimeError(f"run {job['metadata'].get('run_name')!r} still has a pending or running job "
+                           f"({', '.join(map(str, active))}); two jobs must not write one run directory "
+                           f"(stop it with: ray job stop {active[0]})")
     try:
         return client.submit_job(**job)
     except RuntimeError as exc:
         msg = str(exc).lower()
-        if "already exists" in msg or "already been used" in msg:
-            raise RuntimeError(
-                f"a job with submission id {job['submission_id']!r} already exists on this cluster; "
-                "pass --unique-id or --submission-id to submit it again"
-            ) from exc
-        raise
+        if "already exists" not in msg and "already been used" not in msg:
+            raise
+        sid = job["submission_id"]
+        if job_status(client, sid) not in TERMINAL:
+            raise RuntimeError(f"a job with submission id {sid!r} is still pending or running on this cluster") from exc
+        job["submission_id"] = f"{sid}-{job['metadata'].get('stamp') or run_layout.timestamp()}"
+        print(f"[launch.submit] {sid!r} already ran on this cluster: resubmitting as {job['submission_id']!r} "
+              "(same run directory, resumes from its latest checkpoint)", file=sys.stderr)
+        return client.submit_job(**job)
 
 
 def job_status(client, sid: str) -> str:
@@ -406,6 +441,7 @@ def job_from_args(args, name: str, overrides: Sequence[str], submission_id: str 
         entrypoint_num_gpus=args.entrypoint_num_gpus,
         metadata=metadata,
         set_experiment_name=not args.keep_experiment_name,
+        require_run_dir=True,
     )
 
 

@@ -9,14 +9,26 @@ Grid values use Hydra's sweep syntax: a comma list ``a,b,c`` (commas inside ``[]
 quotes do not split), or ``range(start,stop[,step])``. The grid is the cartesian product in the
 order the ``--grid`` flags are given (the last one varies fastest).
 
-Run names: ``<prefix>_<token>_<token>...`` with one token per grid key: the value of ``model``,
-``method``, ``experiment`` and ``...update_rule``; ``k<v>`` for a key ending in ``.K``; ``a<v>`` for
-``.alpha``; ``s<v>`` for a seed; else ``<last key segment><v>``. ``launch.runmeta`` parses them back.
+Run names: ``<prefix>_<model>_<token>_..._s<seed>`` with one token per grid key (``name_token`` of
+``recipe.gxpo.run_layout``, the rule Hydra multiruns use too): the option name for ``base_model``,
+``method``, ``experiment`` and ``...update_rule``; ``k<v>`` for ``.K``; ``a<v>`` for ``.alpha``;
+``s<v>`` for a seed; else ``<last key segment><v>``. The model and the seed are always in the name
+(from the grid, the overrides, or else the composed config's ``gxpo_run.model`` / model path and
+``data.seed``), so one grid for two models or seeds in one log directory never collides; names that
+still collide are refused before anything is submitted. ``launch.runmeta`` parses them back.
 
-``--preset table1`` expands the paper's Table 1: every model of ``TABLE1_MODELS`` (Hydra group
-``base_model=``) x every method of ``TABLE1_METHODS`` (group ``method=``: GRPO, SFPO K=3/5/10, GXPO
-K=3/5/10), each with ``experiment=paper_math`` (``--experiment`` to change or ``none`` to drop). The paper only reports K=3/5 for Qwen2.5-7B and Llama3.2-3B: ``--paper-rows`` drops their
-K=10 rows; ``--models`` / ``--methods`` filter the grid. Extra ``--grid`` keys multiply the preset.
+``--preset table1`` expands the paper's Table 1 (``launch.table1_grid``, read from
+``conf/sweep/table1.yaml``): every model (Hydra group ``base_model=``) x every method (group
+``method=``: GRPO, SFPO K=3/5/10, GXPO K=3/5/10), each with ``experiment=paper_math``
+(``--experiment`` to change or ``none`` to drop). ``--paper-rows`` keeps the rows the paper prints
+(no K=10 for Qwen2.5-7B and Llama3.2-3B); ``--models`` / ``--methods`` filter the grid. Extra
+``--grid`` keys multiply the preset.
+
+Why two sweep mechanisms: a Hydra multirun (``python -m recipe.gxpo.main_gxpo -m K=3,5``) runs its
+jobs one after another in ONE process (one Ray job or one local Ray), fine for a workstation or one
+allocation; this launcher submits one Ray job per run, so the cluster queues and runs them
+independently (``--max-concurrent``), each with its own logs, status and resubmission (resume).
+Both give every run its own directory named from its swept values.
 """
 
 from __future__ import annotations
@@ -28,24 +40,19 @@ import sys
 import time
 from typing import Any, Iterable, Sequence
 
-from launch import runmeta
+from launch import runmeta, table1_grid
 from launch import submit as sub
+from recipe.gxpo.run_layout import name_token
 
-# Hydra groups and option names of conf/ (conf/base_model/*.yaml, conf/method/*.yaml,
-# conf/experiment/*.yaml): change here if they change.
+# Hydra groups of conf/ (conf/base_model/*.yaml, conf/method/*.yaml, conf/experiment/*.yaml).
 MODEL_GROUP = "base_model"
 METHOD_GROUP = "method"
 EXPERIMENT_GROUP = "experiment"
-TABLE1_EXPERIMENT = "paper_math"
-TABLE1_MODELS = ["qwen2.5-1.5b", "qwen2.5-3b", "qwen2.5-7b", "llama3.2-3b"]
-TABLE1_METHODS = ["grpo", "sfpo_k3", "sfpo_k5", "sfpo_k10", "gxpo_k3", "gxpo_k5", "gxpo_k10"]
-# Rows the paper's Table 1 actually has for each model (7B and Llama: K=3/5 only).
-TABLE1_PAPER_ROWS = {
-    "qwen2.5-1.5b": TABLE1_METHODS,
-    "qwen2.5-3b": TABLE1_METHODS,
-    "qwen2.5-7b": ["grpo", "sfpo_k3", "sfpo_k5", "gxpo_k3", "gxpo_k5"],
-    "llama3.2-3b": ["grpo", "sfpo_k3", "sfpo_k5", "gxpo_k3", "gxpo_k5"],
-}
+# The paper's Table 1 grid: one source, conf/sweep/table1.yaml
+TABLE1_EXPERIMENT = table1_grid.EXPERIMENT
+TABLE1_MODELS = table1_grid.MODELS
+TABLE1_METHODS = table1_grid.METHODS
+TABLE1_PAPER_ROWS = table1_grid.PAPER_ROWS
 PRESETS = ("table1",)
 
 
@@ -103,26 +110,12 @@ def parse_grid(items: Iterable[str]) -> list[tuple[str, list[str]]]:
     return grid
 
 
-def name_token(key: str, value: str) -> str:
-    k = key.lstrip("+~")
-    last = k.split(".")[-1]
-    v = runmeta.sanitize(value.strip("'\""))
-    if k in (MODEL_GROUP, METHOD_GROUP, EXPERIMENT_GROUP, "model") or last == "update_rule":
-        return v
-    if last == "K":
-        return f"k{v}"
-    if last == "alpha":
-        return f"a{v}"
-    if last in ("seed", "data_loader_seed"):
-        return f"s{v}"
-    return f"{runmeta.sanitize(last)}{v}"
-
-
 def expand(
     grid: Sequence[tuple[str, Sequence[str]]],
     prefix: str = "sweep",
 ) -> list[tuple[str, list[str]]]:
-    """[(run_name, overrides)] for the cartesian product of ``grid``."""
+    """[(name, overrides)] for the cartesian product of ``grid``; the name is the prefix and one token
+    per grid key (``build_runs`` adds the model and the seed)."""
     if not grid:
         return [(runmeta.sanitize(prefix), [])]
     keys = [k for k, _ in grid]
@@ -131,12 +124,48 @@ def expand(
         overrides = [f"{k}={v}" for k, v in zip(keys, combo)]
         name = "_".join([runmeta.sanitize(prefix)] + [name_token(k, v) for k, v in zip(keys, combo)])
         runs.append((name, overrides))
-    names = [n for n, _ in runs]
-    dup = {n for n in names if names.count(n) > 1}
-    if dup:
-        raise sub.LaunchError(f"grid gives duplicate run names {sorted(dup)}; values differ only in characters "
-                              "that are not kept in names")
     return runs
+
+
+def refuse_collisions(names: Sequence[str]) -> None:
+    dup = sorted({n for n in names if list(names).count(n) > 1})
+    if dup:
+        raise sub.LaunchError(f"run names collide: {dup} (two runs would share one run directory and submission "
+                              "id); add the differing key to the grid or use --name-prefix")
+
+
+def compose_defaults(overrides: Sequence[str], seed_key: str) -> dict[str, str]:
+    """The model token and seed a run would get from the recipe's config with ``overrides``
+    (composed here with Hydra, as the job will; nothing is resolved that needs the cluster)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="recipe.gxpo.config", version_base=None):
+            cfg = compose("gxpo_trainer", overrides=list(overrides))
+    except Exception as exc:  # hydra's override / config errors: report them before submitting anything
+        raise sub.LaunchError(f"the recipe's config does not compose with {list(overrides)}: {exc}") from exc
+    model = OmegaConf.select(cfg, "gxpo_run.model", default=None)
+    if not model:
+        model = str(OmegaConf.select(cfg, runmeta.KEY_MODEL_PATH, default="model")).rstrip("/").split("/")[-1]
+    return {"model": runmeta.sanitize(model), "seed": str(OmegaConf.select(cfg, seed_key, default=None))}
+
+
+def _with_model_and_seed(name: str, prefix: str, overrides: Sequence[str], grid_keys: set[str], seed_key: str,
+                         defaults) -> str:
+    prefix = runmeta.sanitize(prefix)
+    rest = name[len(prefix) + 1:] if name.startswith(prefix + "_") else ("" if name == prefix else name)
+    tokens = [prefix] + ([rest] if rest else [])
+    if not grid_keys & {MODEL_GROUP, "model", runmeta.KEY_MODEL_PATH}:
+        meta = runmeta.meta_from_overrides(overrides)
+        model = runmeta.sanitize(str(meta["model"]).rstrip("/").split("/")[-1]) if "model" in meta else None
+        tokens.insert(1, model or defaults()["model"])
+    if seed_key not in grid_keys:
+        meta = runmeta.meta_from_overrides(overrides, seed_key=seed_key)
+        tokens.append(name_token(seed_key, str(meta["seed"]) if "seed" in meta else defaults()["seed"]))
+    return "_".join(tokens)
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -183,27 +212,40 @@ def build_runs(
     seeds: Sequence[str] | None = None,
     seed_key: str = runmeta.DEFAULT_SEED_KEY,
     experiment: str | None = None,
+    common: Sequence[str] = (),
 ) -> list[tuple[str, list[str]]]:
-    """[(run_name, overrides)]; ``experiment`` (a conf/experiment option) is prepended to every run."""
+    """[(run_name, overrides)]; ``experiment`` (a conf/experiment option) is prepended to every run,
+    ``common`` (the overrides every run gets) decides the model / seed tokens the grid does not."""
     grid = list(grid)
     head = [f"{EXPERIMENT_GROUP}={experiment}"] if experiment else []
     if seeds:
         if any(k.lstrip("+") == seed_key for k, _ in grid):
             raise sub.LaunchError(f"--seeds and --grid {seed_key}=... both set the seed")
         grid.append((seed_key, list(seeds)))
+    grid_keys = {k.lstrip("+") for k, _ in grid}
     if preset:
-        base = preset_grid(preset, models, methods, paper_rows)
         runs = []
-        for tokens, ovs in base:
+        for tokens, ovs in preset_grid(preset, models, methods, paper_rows):
             for name, extra in expand(grid, prefix="_".join([prefix] + tokens)):
                 runs.append((name, head + ovs + extra))
-        return runs
-    if models or methods:
-        raise sub.LaunchError("--models/--methods filter a preset: add --preset table1 "
-                              "(or use --grid base_model=... --grid method=...)")
-    if not grid:
-        raise sub.LaunchError("nothing to sweep: give at least one --grid KEY=v1,v2 or --preset")
-    return [(name, head + ovs) for name, ovs in expand(grid, prefix=prefix)]
+        grid_keys |= {MODEL_GROUP, METHOD_GROUP}
+    else:
+        if models or methods:
+            raise sub.LaunchError("--models/--methods filter a preset: add --preset table1 "
+                                  "(or use --grid base_model=... --grid method=...)")
+        if not grid:
+            raise sub.LaunchError("nothing to sweep: give at least one --grid KEY=v1,v2 or --preset")
+        runs = [(name, head + ovs) for name, ovs in expand(grid, prefix=prefix)]
+    cache: dict[tuple, dict] = {}
+
+    def named(name: str, ovs: list[str]) -> str:
+        key = tuple(head + list(common))
+        return _with_model_and_seed(name, prefix, ovs + list(common), grid_keys, seed_key,
+                                    lambda: cache.setdefault(key, compose_defaults(key, seed_key)))
+
+    runs = [(named(name, ovs), ovs) for name, ovs in runs]
+    refuse_collisions([n for n, _ in runs])
+    return runs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,7 +306,7 @@ def run_sweep(jobs: list[dict[str, Any]], client, *, max_concurrent: int = 0, wa
             time.sleep(poll_s)
             refresh()
         try:
-            sub.submit(client, job)
+            sid = sub.submit(client, job)  # a resubmitted run's id gets a timestamp
         except RuntimeError as exc:
             log(f"[sweep] {sid}: submission failed: {exc}")
             results[sid] = "SUBMIT_FAILED"
@@ -307,6 +349,7 @@ def main(argv: Sequence[str] | None = None, client=None, default_preset: str | N
             seeds=_csv(args.seeds),
             seed_key=args.seed_key,
             experiment=experiment,
+            common=overrides,
         )
         jobs = [sub.job_from_args(args, name, ovs + overrides, metadata={"sweep": prefix}) for name, ovs in runs]
     except sub.LaunchError as exc:

@@ -22,27 +22,64 @@ On a cluster submit it like verl's entry (see ``launch/submit.py``)::
 from __future__ import annotations
 
 import os
-import time
+import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from recipe.gxpo import run_layout
+
 PLUGIN_MODULES = "verl_ext.plugins"
-TRAINER_MODE = "gxpo_sync"
+# verl's strategies the GXPO worker supports (it drives verl's FSDP engine)
+STRATEGIES = ("fsdp", "fsdp2")
+EMBEDDED_EXPERIMENT = "cpu_arithmetic"
+
+
+def _trainer_mode() -> str:
+    from verl_ext.workers.trainer import TRAINER_MODE
+
+    return TRAINER_MODE
 
 
 def validate_update_rule(config: DictConfig):
-    """The project's own keys (update rule, gxpo/sfpo sections, trainer mode); cheap, checked first."""
+    """The project's own keys (update rule, gxpo/sfpo sections, trainer mode, strategy, presets);
+    cheap, checked first -- before the embedded assets are built and before Ray starts."""
     from verl_ext.core.config import ConfigError
     from verl_ext.workers.config import validate_actor_config
 
+    _refuse_model_preset_on_embedded_task(config)
+    strategy = config.actor_rollout_ref.actor.get("strategy")
+    if strategy not in STRATEGIES:
+        raise ConfigError("actor_rollout_ref.actor.strategy", strategy,
+                          " | ".join(STRATEGIES) + " (the GXPO actor worker drives verl's FSDP engine)")
     actor_cfg = validate_actor_config(config.actor_rollout_ref.actor)
     if not config.trainer.get("use_v1", True):
         raise ConfigError("trainer.use_v1", config.trainer.use_v1, "true (the GXPO worker plugs into verl's v1 trainer)")
     mode = config.trainer.v1.trainer_mode
-    if mode != TRAINER_MODE:
-        raise ConfigError("trainer.v1.trainer_mode", mode, f"'{TRAINER_MODE}' (verl's sync trainer with the GXPO actor)")
+    if mode != _trainer_mode():
+        raise ConfigError("trainer.v1.trainer_mode", mode, f"'{_trainer_mode()}' (verl's sync trainer with the GXPO actor)")
     return actor_cfg
+
+
+def _refuse_model_preset_on_embedded_task(config: DictConfig) -> None:
+    """``base_model=...`` without ``experiment=...`` keeps the embedded CPU task selected, which
+    overrides the model path, the rollout and the GPU count: refuse instead of training the tiny model."""
+    from verl_ext.core.config import ConfigError
+
+    if config.get("gxpo_embedded") is None:  # only the embedded experiments have this section
+        return
+    model = OmegaConf.select(config, "gxpo_run.model", default=None)  # set by every conf/base_model option
+    if model:
+        embedded = _hydra_choice("experiment") or EMBEDDED_EXPERIMENT
+        raise ConfigError("base_model", model, f"only with a GPU experiment: add experiment=paper_math (or "
+                          f"experiment=paper_math_debug); the default experiment={embedded} is the embedded CPU "
+                          f"task, which trains its own tiny model on CPU and would override base_model={model}")
+
+
+def _hydra_choice(group: str) -> str | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.choices.get(group) if HydraConfig.initialized() else None
 
 
 def validate_gxpo_config(config: DictConfig):
@@ -53,21 +90,46 @@ def validate_gxpo_config(config: DictConfig):
     from verl.utils.config import validate_config
     from verl.utils.device import auto_set_device
 
+    from verl_ext.workers.config import gxpo_entry
+
     actor_cfg = validate_update_rule(config)
     auto_set_device(config)
-    validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    with gxpo_entry():  # the GXPO actor config refuses non-GRPO rules outside this entry point
+        validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
     return actor_cfg
+
+
+# ------------------------------------------------------------------------------------ worker env
+def _worker_env(config: DictConfig) -> DictConfig:
+    with open_dict(config):
+        ray_init = config.ray_kwargs.setdefault("ray_init", {})
+        runtime_env = ray_init.setdefault("runtime_env", {})
+        return runtime_env.setdefault("env_vars", {})
 
 
 def _export_plugins(config: DictConfig) -> None:
     """Make every Ray worker import the project's verl plugins (verl reads VERL_USE_EXTERNAL_MODULES at import)."""
-    with open_dict(config):
-        ray_init = config.ray_kwargs.setdefault("ray_init", {})
-        runtime_env = ray_init.setdefault("runtime_env", {})
-        env_vars = runtime_env.setdefault("env_vars", {})
-        current = [m for m in str(env_vars.get("VERL_USE_EXTERNAL_MODULES", "") or "").split(",") if m]
-        if PLUGIN_MODULES not in current:
+    env_vars = _worker_env(config)
+    inherited = env_vars.get("VERL_USE_EXTERNAL_MODULES") or os.environ.get("VERL_USE_EXTERNAL_MODULES", "")
+    current = [m for m in str(inherited or "").split(",") if m]
+    if PLUGIN_MODULES not in current:
+        with open_dict(config):
             env_vars["VERL_USE_EXTERNAL_MODULES"] = ",".join([*current, PLUGIN_MODULES])
+
+
+def _fit_runtime_env_to_job(config: DictConfig) -> None:
+    """Inside a Ray job, Ray merges the job's runtime env with ``ray.init``'s and refuses any
+    environment variable both set (``Failed to merge the Job's runtime env``). Variables the job
+    already sets to the same value are dropped from ``ray.init``'s; for the rest (and the few that
+    verl's ``run_ppo`` always forwards) the driver's value wins (``RAY_OVERRIDE_JOB_RUNTIME_ENV=1``,
+    unless set by the user): it was computed from the job's own environment."""
+    if not os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        return
+    env_vars = _worker_env(config)
+    with open_dict(config):
+        for key in [k for k in env_vars if os.environ.get(k) == str(env_vars[k])]:
+            env_vars.pop(key)
+    os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
 
 
 def _connecting_to_cluster(config: DictConfig) -> bool:
@@ -89,21 +151,89 @@ def _fit_ray_init(config: DictConfig) -> None:
                 ray_init.pop(key)
 
 
-def _absolute_outputs(config: DictConfig) -> str:
-    """Checkpoint dir and metrics file as absolute driver paths (Ray workers may run elsewhere)."""
+# ------------------------------------------------------------------------------------ run outputs
+def name_multirun_job(config: DictConfig, swept: list[tuple[str, str]]) -> str | None:
+    """One job of a Hydra multirun: ``trainer.experiment_name`` gets the job's swept values
+    (``arithmetic_gxpo_k3``), and so does its checkpoint directory, so that no two jobs of a sweep
+    share a run directory (with ``resume_mode=auto`` a later job would resume an earlier one's
+    checkpoint). Returns the suffix, or None when nothing is swept."""
+    suffix = run_layout.job_suffix(swept)
+    if not suffix:
+        return None
     with open_dict(config):
-        config.trainer.default_local_dir = os.path.abspath(os.path.expanduser(str(config.trainer.default_local_dir)))
-        env_vars = config.ray_kwargs.ray_init.runtime_env.env_vars
+        before = str(OmegaConf.select(config, "trainer.default_local_dir"))
+        config.trainer.experiment_name = f"{config.trainer.experiment_name}_{suffix}"
+        if str(OmegaConf.select(config, "trainer.default_local_dir")) == before:  # a fixed path: one level per job
+            config.trainer.default_local_dir = os.path.join(before, suffix)
+    return suffix
+
+
+def prepare_outputs(config: DictConfig) -> str:
+    """Every run, however started, keeps checkpoints, metrics and wandb files in one directory,
+    ``trainer.default_local_dir`` (made absolute on the driver; Ray workers may run elsewhere):
+
+    * the ``file`` logger is always on, writing ``<dir>/metrics-<stamp>.jsonl`` (what
+      ``launch.report`` and the summary read), unless ``VERL_FILE_LOGGER_PATH`` names a file;
+    * wandb writes under ``<dir>/wandb`` (``WANDB_DIR``) and is offline unless ``WANDB_MODE`` is set;
+    * inside a Ray job whose working_dir copy would hold these outputs, a loud warning.
+
+    Returns the metrics file."""
+    env_vars = _worker_env(config)
+    with open_dict(config):
+        run_dir = os.path.abspath(os.path.expanduser(str(config.trainer.default_local_dir)))
+        config.trainer.default_local_dir = run_dir
+        loggers = config.trainer.get("logger") or []
+        loggers = [loggers] if isinstance(loggers, str) else list(loggers)
+        if "file" not in loggers:
+            config.trainer.logger = [*loggers, "file"]
         metrics = os.environ.get("VERL_FILE_LOGGER_PATH") or env_vars.get("VERL_FILE_LOGGER_PATH")
         if not metrics:  # one file per launch: verl's file logger truncates its file when it starts
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            metrics = os.path.join(config.trainer.default_local_dir, f"metrics-{stamp}.jsonl")
-        env_vars["VERL_FILE_LOGGER_PATH"] = metrics
-    os.makedirs(os.path.dirname(metrics), exist_ok=True)
+            metrics = run_layout.metrics_file(run_dir)
+            env_vars["VERL_FILE_LOGGER_PATH"] = metrics
+        if "wandb" in config.trainer.logger:
+            if not os.environ.get("WANDB_DIR") and "WANDB_DIR" not in env_vars:
+                env_vars["WANDB_DIR"] = run_dir
+            if not os.environ.get("WANDB_MODE") and "WANDB_MODE" not in env_vars:
+                env_vars["WANDB_MODE"] = "offline"
+    os.makedirs(os.path.dirname(os.path.abspath(metrics)), exist_ok=True)
+    _warn_if_in_job_copy({"trainer.default_local_dir": run_dir, "metrics file": metrics,
+                          "WANDB_DIR": env_vars.get("WANDB_DIR") or os.environ.get("WANDB_DIR")})
     return metrics
 
 
+def _warn_if_in_job_copy(paths: dict) -> list[str]:
+    copy = run_layout.ray_job_working_dir()
+    if not copy:
+        return []
+    lost = [f"{what}={path}" for what, path in paths.items() if path and run_layout.inside(path, copy)]
+    if lost:
+        bar = "!" * 100
+        print(f"\n{bar}\n[gxpo] WARNING: this Ray job's outputs would land inside its working_dir copy "
+              f"({copy}):\n  " + "\n  ".join(lost) + "\nRay deletes or replaces that copy with the next code "
+              "upload or Ray session: checkpoints are lost, resume_mode=auto never finds them, and multi-GB "
+              "checkpoints fill /tmp. Set trainer.default_local_dir=/shared/path/<run> (or submit with "
+              f"python -m launch.submit --log-dir /shared/path).\n{bar}\n", file=sys.stderr, flush=True)
+    return lost
+
+
+def finished_run_note(config: DictConfig) -> str | None:
+    """With ``resume_mode=auto``, a run directory whose latest checkpoint already reached
+    ``total_training_steps`` has nothing left to train: say so instead of starting Ray for nothing."""
+    if config.trainer.get("resume_mode") != "auto":
+        return None
+    total = config.trainer.get("total_training_steps")
+    ckpt_dir = str(config.trainer.default_local_dir)
+    step = run_layout.latest_checkpoint_step(ckpt_dir)
+    if not isinstance(total, int) or step is None or step < total:
+        return None
+    return (f"nothing to train: this run already finished ({ckpt_dir} has its checkpoint at step {step}, "
+            f"trainer.total_training_steps={total}, trainer.resume_mode=auto resumes it). To train more steps, "
+            f"raise trainer.total_training_steps; to start a fresh run, give it another trainer.experiment_name=... "
+            f"(or trainer.default_local_dir=...), or delete {ckpt_dir}.")
+
+
 def run_gxpo(config: DictConfig) -> None:
+    import ray
     from verl.trainer.main_ppo import run_ppo
 
     from recipe.gxpo.embedded import prepare_embedded_assets
@@ -114,15 +244,50 @@ def run_gxpo(config: DictConfig) -> None:
     for path in prepare_embedded_assets(config):
         print(f"[gxpo] built embedded asset: {path}")
     validate_gxpo_config(config)
+    metrics_path = prepare_outputs(config)
+    rule = config.actor_rollout_ref.actor.update_rule
+    note = finished_run_note(config)
+    if note:
+        print(f"[gxpo] {note}", flush=True)
+        print(summarize(os.path.dirname(metrics_path), config.trainer.default_local_dir, rule, note=note))
+        return
     _export_plugins(config)
     _fit_ray_init(config)
-    metrics_path = _absolute_outputs(config)
-    run_ppo(config, task_runner_class=GXPOTaskRunner)
-    print(summarize(os.path.dirname(metrics_path), config.trainer.default_local_dir, config.actor_rollout_ref.actor.update_rule))
+    _fit_runtime_env_to_job(config)
+    started_ray = not ray.is_initialized()
+    try:
+        run_ppo(config, task_runner_class=GXPOTaskRunner)
+    finally:
+        if started_ray and ray.is_initialized():  # free the run's resources (the next job of a multirun needs them)
+            ray.shutdown()
+    print(summarize(os.path.dirname(metrics_path), config.trainer.default_local_dir, rule))
+
+
+def _swept_overrides() -> list[tuple[str, str]]:
+    """The keys a Hydra multirun sweeps (command-line sweep overrides and ``hydra.sweeper.params``),
+    with this job's values; empty outside a multirun."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return []
+    hc = HydraConfig.get()
+    parser = OverridesParser.create()
+    cli = [a for a in sys.argv[1:] if not a.startswith("-")]
+    swept = [o.key_or_group for o in parser.parse_overrides(cli) if o.is_sweep_override()]
+    swept += [k for k in (hc.sweeper.get("params") or {}) if k not in swept]
+    values = {o.key_or_group: o.value() for o in parser.parse_overrides(list(hc.overrides.task))}
+    return [(k, str(values[k])) for k in swept if k in values]
 
 
 @hydra.main(config_path="config", config_name="gxpo_trainer", version_base=None)
 def main(config: DictConfig) -> None:
+    swept = _swept_overrides()
+    if swept:
+        suffix = name_multirun_job(config, swept)
+        print(f"[gxpo] multirun job {suffix}: trainer.experiment_name={config.trainer.experiment_name}, "
+              f"trainer.default_local_dir={config.trainer.default_local_dir}", flush=True)
     run_gxpo(config)
 
 

@@ -37,9 +37,13 @@ def _val_keys(rows: list[dict]) -> list[str]:
     return keys
 
 
-def summarize(metrics_path: str, ckpt_dir: str, update_rule: str) -> str:
+def summarize(metrics_path: str, ckpt_dir: str, update_rule: str, note: str | None = None) -> str:
+    """The run's summary from its metrics folder/file; ``note`` (e.g. why nothing was trained this
+    time) is printed first."""
     rows = read_metrics(metrics_path)
     lines = ["", "=" * 72, f"GXPO recipe run finished (update_rule={update_rule})"]
+    if note:
+        lines.append(f"NOTE: {note}")
     if not rows:
         lines.append(f"no metrics found at {metrics_path}")
     else:

@@ -11,6 +11,8 @@ driver and every worker read the same final values (``actor.gxpo.resolved()``).
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +21,28 @@ from verl.workers.config import FSDPActorConfig
 from verl_ext.core.config import UPDATE_RULES, ConfigError, GXPOConfig, SFPOConfig, build_config
 
 ACTOR_KEY = "actor_rollout_ref.actor"
+ENTRY_POINT = "python -m recipe.gxpo.main_gxpo"
+# verl's experimental trainers build verl's own actor workers, which ignore update_rule.
+# Their worker classes live in (or are imported with) these packages.
+_FOREIGN_TRAINERS = ("verl.experimental.fully_async_policy", "verl.experimental.one_step_off_policy")
+_under_gxpo_entry = False
+
+
+@contextlib.contextmanager
+def gxpo_entry():
+    """Scope in which the GXPO entry point validates its config (see :meth:`GXPOActorConfig.validate`)."""
+    global _under_gxpo_entry
+    prev, _under_gxpo_entry = _under_gxpo_entry, True
+    try:
+        yield
+    finally:
+        _under_gxpo_entry = prev
+
+
+def _refuse_plain_grpo_path(rule: str, where: str) -> None:
+    raise ConfigError(f"{ACTOR_KEY}.update_rule", rule,
+                      f"only grpo {where}: that path builds verl's own actor worker, which ignores update_rule "
+                      f"and would run plain GRPO; run {rule} with {ENTRY_POINT} ...")
 
 
 @dataclass
@@ -36,6 +60,18 @@ class GXPOActorConfig(FSDPActorConfig):
         # BaseConfig freezes fields once set: convert the raw mappings through object.__setattr__.
         object.__setattr__(self, "gxpo", build_config(GXPOConfig, _plain(self.gxpo), f"{ACTOR_KEY}.gxpo."))
         object.__setattr__(self, "sfpo", build_config(SFPOConfig, _plain(self.sfpo), f"{ACTOR_KEY}.sfpo."))
+        foreign = [m for m in _FOREIGN_TRAINERS if m in sys.modules]
+        if self.update_rule != "grpo" and foreign:  # a worker of verl's one-step-off / fully-async trainers
+            _refuse_plain_grpo_path(self.update_rule, f"under verl's experimental trainer ({foreign[0]})")
+
+    def validate(self, n_gpus: int, train_batch_size: int, model_config: dict = None):
+        """verl's checks, then: only the GXPO entry point runs a non-GRPO rule. verl's
+        ``validate_config`` calls this on the driver of ``verl.trainer.main_ppo`` (before Ray starts)
+        and in the one-step-off trainer's TaskRunner; ``recipe.gxpo.main_gxpo`` calls it inside
+        :func:`gxpo_entry`."""
+        super().validate(n_gpus, train_batch_size, model_config)
+        if self.update_rule != "grpo" and not _under_gxpo_entry:
+            _refuse_plain_grpo_path(self.update_rule, "under verl's own entry point (verl.trainer.main_ppo)")
 
 
 def _plain(x: Any) -> Any:

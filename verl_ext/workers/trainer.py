@@ -5,10 +5,13 @@ actor roles. The registered trainer ``gxpo_sync`` (``trainer.v1.trainer_mode=gxp
 synchronous trainer (``sync``) with that worker swapped for :class:`GXPOActorRolloutRefWorker`;
 rollout, reward, reference, advantage, validation and checkpoint logic are verl's own.
 
-Importing this module registers the mode. It must be imported inside verl's TaskRunner Ray actor;
-this package's ``verl.plugins`` entry point (``verl_ext.plugins``) makes every process that imports
-verl do so, and ``recipe.gxpo.main_gxpo`` also exports ``VERL_USE_EXTERNAL_MODULES=verl_ext.plugins``
-into the Ray runtime env for clusters where the package is only on the job's working dir.
+Importing this module registers the mode; nothing else does (the package's ``verl.plugins`` entry
+point, ``verl_ext.plugins``, registers only the CPU platform and the HF rollout). verl resolves the
+mode inside its TaskRunner Ray actor, so ``recipe.gxpo.main_gxpo`` runs
+:class:`verl_ext.workers.task_runner.GXPOTaskRunner`, which imports this module there. Under verl's
+own ``python -m verl.trainer.main_ppo`` the mode is unknown (verl: "Unknown trainer 'gxpo_sync'"),
+and a non-GRPO ``update_rule`` is refused on its driver before that
+(:meth:`verl_ext.workers.config.GXPOActorConfig.validate`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from verl_ext.metrics.pass_at_k import parse_pass_at_k_setting, pass_at_k_metric
 
 from .actor_worker import GXPOActorRolloutRefWorker
 
-TRAINER_MODE = "gxpo_sync"
+TRAINER_MODE = "gxpo_sync"  # the one name of this mode (recipe config, entry point, tests)
 _ACTOR_ROLES = (Role.Actor, Role.ActorRollout, Role.ActorRolloutRef)
 _RULE_PREFIXES = ("actor/gxpo/", "actor/sfpo/", "actor/grpo/")
 
