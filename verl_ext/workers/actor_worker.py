@@ -12,6 +12,7 @@ from verl.single_controller.base.decorator import Dispatch, register
 from verl.utils.config import omega_conf_to_dataclass
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
+from .capo_loss import install_capo
 from .config import GXPOActorConfig
 from .training_worker import GXPOTrainingWorker
 
@@ -30,3 +31,4 @@ class GXPOActorRolloutRefWorker(ActorRolloutRefWorker):
                     f"for the GXPO worker, got {type(actor_cfg).__name__}"
                 )
             self.actor.configure_update_rule(actor_cfg.update_rule, actor_cfg.gxpo, actor_cfg.sfpo)
+            install_capo(self.actor, actor_cfg.capo, actor_cfg)  # no-op unless actor.capo.enable

@@ -13,6 +13,7 @@ from typing import Any
 
 from verl.workers.config import FSDPActorConfig
 
+from verl_ext.core.capo import CAPOConfig
 from verl_ext.core.config import UPDATE_RULES, ConfigError, GXPOConfig, SFPOConfig, build_config
 
 ACTOR_KEY = "actor_rollout_ref.actor"
@@ -25,6 +26,7 @@ class GXPOActorConfig(FSDPActorConfig):
     update_rule: str = "grpo"
     gxpo: Any = field(default_factory=GXPOConfig)
     sfpo: Any = field(default_factory=SFPOConfig)
+    capo: Any = field(default_factory=CAPOConfig)  # CAPO token mask (verl_ext/core/capo.py)
 
     def __post_init__(self):
         super().__post_init__()
@@ -33,6 +35,7 @@ class GXPOActorConfig(FSDPActorConfig):
         # BaseConfig freezes fields once set: convert the raw mappings through object.__setattr__.
         object.__setattr__(self, "gxpo", build_config(GXPOConfig, _plain(self.gxpo), f"{ACTOR_KEY}.gxpo."))
         object.__setattr__(self, "sfpo", build_config(SFPOConfig, _plain(self.sfpo), f"{ACTOR_KEY}.sfpo."))
+        object.__setattr__(self, "capo", build_config(CAPOConfig, _plain(self.capo), f"{ACTOR_KEY}.capo."))
 
 
 def _plain(x: Any) -> Any:
