@@ -14,6 +14,7 @@ from typing import Any
 from verl.workers.config import FSDPActorConfig
 
 from verl_ext.core.capo import CAPOConfig
+from verl_ext.core.next import NExtConfig
 from verl_ext.core.config import UPDATE_RULES, ConfigError, GXPOConfig, SFPOConfig, build_config
 
 ACTOR_KEY = "actor_rollout_ref.actor"
@@ -27,6 +28,7 @@ class GXPOActorConfig(FSDPActorConfig):
     gxpo: Any = field(default_factory=GXPOConfig)
     sfpo: Any = field(default_factory=SFPOConfig)
     capo: Any = field(default_factory=CAPOConfig)  # CAPO token mask (verl_ext/core/capo.py)
+    next: Any = field(default_factory=NExtConfig)  # NExt LoRA predict-extend (verl_ext/core/next.py)
 
     def __post_init__(self):
         super().__post_init__()
@@ -36,6 +38,7 @@ class GXPOActorConfig(FSDPActorConfig):
         object.__setattr__(self, "gxpo", build_config(GXPOConfig, _plain(self.gxpo), f"{ACTOR_KEY}.gxpo."))
         object.__setattr__(self, "sfpo", build_config(SFPOConfig, _plain(self.sfpo), f"{ACTOR_KEY}.sfpo."))
         object.__setattr__(self, "capo", build_config(CAPOConfig, _plain(self.capo), f"{ACTOR_KEY}.capo."))
+        object.__setattr__(self, "next", build_config(NExtConfig, _plain(self.next), f"{ACTOR_KEY}.next."))
 
 
 def _plain(x: Any) -> Any:
