@@ -12,12 +12,15 @@ from verl.single_controller.base.decorator import Dispatch, register
 from verl.utils.config import omega_conf_to_dataclass
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
+from .capo_loss import install_capo
 from .config import GXPOActorConfig
+from .next_hook import build_next_hook
 from .training_worker import GXPOTrainingWorker
 
 
 class GXPOActorRolloutRefWorker(ActorRolloutRefWorker):
     actor_worker_cls = GXPOTrainingWorker
+    next_hook = None  # NExtHook when actor.next.enable (LoRA adapters' predict-extend)
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def init_model(self):
@@ -30,3 +33,28 @@ class GXPOActorRolloutRefWorker(ActorRolloutRefWorker):
                     f"for the GXPO worker, got {type(actor_cfg).__name__}"
                 )
             self.actor.configure_update_rule(actor_cfg.update_rule, actor_cfg.gxpo, actor_cfg.sfpo)
+            install_capo(self.actor, actor_cfg.capo, actor_cfg)  # no-op unless actor.capo.enable
+            self.next_hook = build_next_hook(self.actor, actor_cfg.next, self.config.model)
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def next_step(self, global_step: int) -> dict:
+        """NExt after the actor update of ``global_step`` (snapshot / predict-extend); its metrics."""
+        if self.next_hook is None:
+            return {}
+        with self.actor.engine.train_mode():  # parameters on the device (offload) for the collectives
+            return self.next_hook.step(int(global_step))
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def save_checkpoint(self, local_path, hdfs_path=None, global_step=0, max_ckpt_to_keep=None):
+        out = super().save_checkpoint(local_path, hdfs_path, global_step, max_ckpt_to_keep)
+        if self.next_hook is not None:
+            self.next_hook.save(local_path)
+        return out
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def load_checkpoint(self, local_path, hdfs_path=None, del_local_after_load=False):
+        out = super().load_checkpoint(local_path, hdfs_path, del_local_after_load)
+        if self.next_hook is not None and local_path:
+            self.next_hook.load(local_path)
+        return out
+

@@ -18,6 +18,8 @@ from typing import Any
 
 from verl.workers.config import FSDPActorConfig
 
+from verl_ext.core.capo import CAPOConfig
+from verl_ext.core.next import NExtConfig
 from verl_ext.core.config import UPDATE_RULES, ConfigError, GXPOConfig, SFPOConfig, build_config
 
 ACTOR_KEY = "actor_rollout_ref.actor"
@@ -52,6 +54,8 @@ class GXPOActorConfig(FSDPActorConfig):
     update_rule: str = "grpo"
     gxpo: Any = field(default_factory=GXPOConfig)
     sfpo: Any = field(default_factory=SFPOConfig)
+    capo: Any = field(default_factory=CAPOConfig)  # CAPO token mask (verl_ext/core/capo.py)
+    next: Any = field(default_factory=NExtConfig)  # NExt LoRA predict-extend (verl_ext/core/next.py)
 
     def __post_init__(self):
         super().__post_init__()
@@ -60,6 +64,8 @@ class GXPOActorConfig(FSDPActorConfig):
         # BaseConfig freezes fields once set: convert the raw mappings through object.__setattr__.
         object.__setattr__(self, "gxpo", build_config(GXPOConfig, _plain(self.gxpo), f"{ACTOR_KEY}.gxpo."))
         object.__setattr__(self, "sfpo", build_config(SFPOConfig, _plain(self.sfpo), f"{ACTOR_KEY}.sfpo."))
+        object.__setattr__(self, "capo", build_config(CAPOConfig, _plain(self.capo), f"{ACTOR_KEY}.capo."))
+        object.__setattr__(self, "next", build_config(NExtConfig, _plain(self.next), f"{ACTOR_KEY}.next."))
         foreign = [m for m in _FOREIGN_TRAINERS if m in sys.modules]
         if self.update_rule != "grpo" and foreign:  # a worker of verl's one-step-off / fully-async trainers
             _refuse_plain_grpo_path(self.update_rule, f"under verl's experimental trainer ({foreign[0]})")

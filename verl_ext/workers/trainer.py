@@ -28,7 +28,7 @@ from .actor_worker import GXPOActorRolloutRefWorker
 
 TRAINER_MODE = "gxpo_sync"  # the one name of this mode (recipe config, entry point, tests)
 _ACTOR_ROLES = (Role.Actor, Role.ActorRollout, Role.ActorRolloutRef)
-_RULE_PREFIXES = ("actor/gxpo/", "actor/sfpo/", "actor/grpo/")
+_RULE_PREFIXES = ("actor/gxpo/", "actor/sfpo/", "actor/grpo/", "actor/capo/")
 
 
 class GXPOTrainerSync(PPOTrainerSync):
@@ -62,6 +62,7 @@ class GXPOTrainerSync(PPOTrainerSync):
         out = super()._update_actor(batch, metrics)
         for key in [k for k in metrics if k.startswith(_RULE_PREFIXES)]:
             metrics[key[len("actor/"):]] = metrics.pop(key)
+        self._next_after_update(metrics)
         return out
 
     def _val_metrics_update(
@@ -81,6 +82,14 @@ class GXPOTrainerSync(PPOTrainerSync):
                 pass_at_k_metrics(data_sources, sample_uids, acc, {1, n, *extra}, expected_counts=expected_acc_counts)
             )
         return metrics
+
+    def _next_after_update(self, metrics: dict) -> None:
+        """NExt (``actor.next.enable``): snapshot / predict-extend the LoRA adapters on every actor
+        rank after this step's update, before the weight sync; its ``next/...`` metrics."""
+        if not self.config.actor_rollout_ref.actor.get("next", {}).get("enable", False):
+            return
+        out = self.actor_rollout_wg.next_step(self.global_steps)
+        metrics.update(out[0] if isinstance(out, list) else out)
 
     def _init_resource_pool_mgr(self):
         super()._init_resource_pool_mgr()
