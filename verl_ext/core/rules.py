@@ -9,7 +9,8 @@ An update rule is applied to ONE fixed mini-batch, like ``torch.optim.Optimizer.
 * ``compute_grads(phase)`` zeroes the gradients and accumulates the gradient of the fixed mini-batch
   loss into ``.grad`` (all micro-batches). ``phase`` names the pass: ``plain`` (GRPO, after shutoff,
   fallback and forced plain steps), ``probe1``, ``probe2``, ``corrective``, ``fast`` / ``slow``
-  (SFPO), ``diagnostic`` (true-K diagnostic). It may return a mapping of scalars: ``entropy`` (global
+  (SFPO), ``diagnostic`` (true-K diagnostic); a closure that takes no argument is called without
+  one. It may return a mapping of scalars: ``entropy`` (global
   mean policy entropy of the pass) and ``grad_scale`` (the loss scale of a grad scaler; the rule
   treats ``.grad / grad_scale`` as the raw gradient; default 1).
 * ``optimizer_step()`` unscales and clips the gradients by their global norm, steps the optimizer
@@ -33,6 +34,7 @@ flag, z, shutoff update, fallback taken, forced plain step) is broadcast from th
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import warnings
@@ -58,6 +60,18 @@ __all__ = [
     "GRPORule", "SFPORule", "GXPORule", "UpdateRule", "TorchOptimizerState", "OptimizerStateHooks",
     "build_update_rule",
 ]
+
+
+def _takes_phase(fn) -> bool:
+    """Whether ``fn`` accepts the phase argument (closures written before phases existed take none)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins without a signature: assume the current interface
+        return True
+    for prm in sig.parameters.values():
+        if prm.kind in (prm.POSITIONAL_ONLY, prm.POSITIONAL_OR_KEYWORD, prm.VAR_POSITIONAL):
+            return True
+    return False
 
 
 def _finite(x: float) -> bool:
@@ -96,9 +110,13 @@ class UpdateRule:
         return local(params[0]).device
 
     def _grads(self, compute_grads: ComputeGrads, phase: str) -> Mapping[str, Any]:
-        aux = compute_grads(phase)
+        aux = self._call(compute_grads, phase)
         self.backward_passes += 1
         return aux or {}
+
+    @staticmethod
+    def _call(compute_grads: ComputeGrads, phase: str):
+        return compute_grads(phase) if _takes_phase(compute_grads) else compute_grads()
 
     def _opt(self, optimizer_step: OptimizerStep) -> float:
         n = optimizer_step()
@@ -676,7 +694,7 @@ class GXPORule(_GatedRule):
         hooks.restore(pre)
         self._restore(locs, theta0)
         for _ in range(c.K):
-            compute_grads("diagnostic")
+            self._call(compute_grads, "diagnostic")
             optimizer_step()
             self.diagnostic_passes += 1
         acc = Sums(("true_sq", "hat_err_sq", "tilde_err_sq", "hat_dot_true", "hat_sq"), dev)
