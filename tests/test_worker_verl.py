@@ -102,7 +102,7 @@ def test_three_passes_while_active_one_after_shutoff_and_same_as_core(model_path
         def engine_train_batch(d, loss_function):
             outs = {}
 
-            def cg():
+            def cg(phase="plain"):
                 b.engine.optimizer_zero_grad()
                 outs["o"] = b.engine.forward_backward_batch(d, loss_function, forward_only=False)
 
