@@ -7,10 +7,29 @@ See that package's docstring for how the backend is wired into verl.
 
 from __future__ import annotations
 
+import logging
+
+logger = logging.getLogger(__name__)
+
 HF_ROLLOUT_NAME = "hf"
 HF_SERVER_ADAPTER = "verl_ext.rollout.hf_rollout.adapter.HFServerAdapter"
 
-__all__ = ["HF_ROLLOUT_NAME", "HF_SERVER_ADAPTER", "register_hf_rollout", "is_hf_rollout_registered"]
+__all__ = [
+    "HF_ROLLOUT_NAME",
+    "HF_SERVER_ADAPTER",
+    "is_hf_rollout_registered",
+    "register_hf_rollout",
+    "register_hf_rollout_on_import",
+]
+
+#: the one patch of verl here (a dict insertion, see register_hf_rollout) -> the verl function whose
+#: code it relies on (it reads that dict); tests/test_platform_patches.py pins its source.
+PATCHED_VERL_FUNCTIONS: dict[str, tuple[str, ...]] = {
+    "register_hf_rollout": ("verl.workers.rollout.base:get_rollout_class",),
+}
+
+ROLLOUT_BASE_MODULE = "verl.workers.rollout.base"
+ROLLOUT_REPLICA_MODULE = "verl.workers.rollout.replica"
 
 
 def _load_hf_replica():
@@ -19,8 +38,24 @@ def _load_hf_replica():
     return HFReplica
 
 
+def _add_adapter(base_module, name: str = HF_ROLLOUT_NAME) -> bool:
+    key = (name, "async")
+    if base_module._ROLLOUT_REGISTRY.get(key) == HF_SERVER_ADAPTER:
+        return False
+    base_module._ROLLOUT_REGISTRY[key] = HF_SERVER_ADAPTER
+    return True
+
+
+def _add_replica(replica_module, name: str = HF_ROLLOUT_NAME) -> bool:
+    registry = replica_module.RolloutReplicaRegistry
+    if registry._registry.get(name) is _load_hf_replica:
+        return False
+    registry.register(name, _load_hf_replica)
+    return True
+
+
 def register_hf_rollout(name: str = HF_ROLLOUT_NAME) -> bool:
-    """Register the HF rollout in verl's two rollout registries (idempotent).
+    """Register the HF rollout in verl's two rollout registries now (idempotent; imports them).
 
     * ``verl.workers.rollout.replica.RolloutReplicaRegistry[name]`` -> ``HFReplica`` (server side,
       resolved by ``LLMServerManager`` in the driver / TaskRunner process);
@@ -29,21 +64,43 @@ def register_hf_rollout(name: str = HF_ROLLOUT_NAME) -> bool:
       register function for this dict, so the entry is inserted directly.
 
     Must run in every process that resolves ``rollout.name`` (driver/TaskRunner and the trainer
-    workers): call it from a ``verl.plugins`` entry point (imported by ``import verl`` in every
-    process) or via ``VERL_USE_EXTERNAL_MODULES``. Returns True if anything was added.
+    workers). The project's ``verl.plugins`` entry point (imported by ``import verl`` in every
+    process) uses :func:`register_hf_rollout_on_import` instead, which does the same without
+    importing those modules. Returns True if anything was added.
     """
     from verl.workers.rollout import base as rollout_base
-    from verl.workers.rollout.replica import RolloutReplicaRegistry
+    from verl.workers.rollout import replica as rollout_replica
 
-    changed = False
-    key = (name, "async")
-    if rollout_base._ROLLOUT_REGISTRY.get(key) != HF_SERVER_ADAPTER:
-        rollout_base._ROLLOUT_REGISTRY[key] = HF_SERVER_ADAPTER
-        changed = True
-    if RolloutReplicaRegistry._registry.get(name) is not _load_hf_replica:
-        RolloutReplicaRegistry.register(name, _load_hf_replica)
-        changed = True
+    changed = _add_adapter(rollout_base, name)
+    changed = _add_replica(rollout_replica, name) or changed
     return changed
+
+
+def _guarded(add):
+    def callback(module) -> None:
+        try:
+            add(module)
+        except Exception:  # a failed registration must not break verl's own import of the module
+            logger.warning("verl_ext: HF rollout registration in %s failed", module.__name__, exc_info=True)
+
+    callback.__qualname__ = f"register_on_import[{add.__name__}]"
+    return callback
+
+
+_adapter_on_import = _guarded(_add_adapter)
+_replica_on_import = _guarded(_add_replica)
+
+
+def register_hf_rollout_on_import() -> None:
+    """Register the HF rollout (name ``"hf"``) in each of verl's two rollout registries as soon as its
+    module is imported: at once if it already is, else by a post-import hook
+    (:mod:`verl_ext.platform.hooks`). Importing verl's rollout package costs ~1 s (it pulls in verl's
+    config dataclasses, Ray and the single controller), so the plugin must not do it in every process
+    that imports verl; a process that resolves ``rollout.name`` imports these modules anyway."""
+    from verl_ext.platform.hooks import call_after_import
+
+    call_after_import(ROLLOUT_BASE_MODULE, _adapter_on_import)
+    call_after_import(ROLLOUT_REPLICA_MODULE, _replica_on_import)
 
 
 def is_hf_rollout_registered(name: str = HF_ROLLOUT_NAME) -> bool:

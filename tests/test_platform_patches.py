@@ -1,0 +1,74 @@
+"""Every patch of verl is pinned to the source of the verl function it changes or relies on.
+
+When one of these fails after a verl upgrade: read the new source of the named function, re-check
+the patch (its docstring says what it assumes), adapt it if needed, then update the fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+
+import pytest
+
+pytest.importorskip("verl")
+
+# "module:qualname" -> sha256(inspect.getsource(fn))[:16], verl 0.9.1
+PINNED = {
+    "verl.utils.distributed:initialize_global_process_group_ray": "761a94d1a2e058d3",
+    "verl.utils.distributed:initialize_global_process_group": "33a5452c4dde0059",
+    "verl.workers.engine.fsdp.transformer_impl:FSDPEngine._build_fsdp_module": "35b7b539858443e4",
+    "verl.workers.rollout.base:get_rollout_class": "d0be5827f1214f04",
+}
+
+
+def _declared() -> dict[str, str]:
+    """verl function -> "owner.patch" for every patch the project declares."""
+    from verl_ext import rollout
+    from verl_ext.platform import patches
+
+    out = {}
+    for owner, table in (("verl_ext.platform.patches", patches.PATCHED_VERL_FUNCTIONS),
+                         ("verl_ext.rollout", rollout.PATCHED_VERL_FUNCTIONS)):
+        for patch, functions in table.items():
+            for fn in functions:
+                out[fn] = f"{owner}.{patch}"
+    return out
+
+
+def _fingerprint(target: str) -> str:
+    module_name, qualname = target.split(":")
+    obj = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()[:16]
+
+
+def test_every_declared_patch_is_pinned():
+    assert set(_declared()) == set(PINNED), (
+        "a patch of verl was added or removed: pin the verl functions it depends on in PINNED"
+    )
+
+
+@pytest.mark.parametrize("target", sorted(PINNED))
+def test_patched_verl_function_unchanged(target):
+    patch = _declared().get(target, "?")
+    got = _fingerprint(target)
+    assert got == PINNED[target], (
+        f"verl's {target} changed (fingerprint {got}, pinned {PINNED[target]}): re-check the patch "
+        f"{patch} against the new source, then update PINNED in this test"
+    )
+
+
+def test_patches_target_the_functions_they_name():
+    """The declared names resolve to what the patches actually touch (guards against stale names)."""
+    import verl.utils.distributed as vd
+    import verl.workers.engine.fsdp.transformer_impl as ti
+
+    from verl_ext.platform.patches import cpu_engine
+
+    assert callable(vd.initialize_global_process_group_ray) and callable(vd.initialize_global_process_group)
+    engine = cpu_engine(ti.FSDPEngineWithLMHead)
+    assert "_build_fsdp_module" in vars(engine) and issubclass(engine, ti.FSDPEngine)
+    assert "CPUOffloadPolicy" in inspect.getsource(ti.FSDPEngine._build_fsdp_module)
