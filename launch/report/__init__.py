@@ -31,8 +31,20 @@ the saved config (Hydra ``.hydra/config.yaml`` in the run dir or under ``hydra/*
 config, ``config.yaml``/``config.json``), Hydra's ``.hydra/hydra.yaml`` group choices
 (``base_model=``, ``method=gxpo_k5``) and ``.hydra/overrides.yaml``, the launcher's ``launch-*.json``,
 and last the run name (``launch.runmeta.meta_from_name``). Unset K/alpha take the spec defaults
-(GXPO K=5, alpha=1.0; SFPO K=3, alpha=0.8). Runs with the same (model, method, K, alpha) but
-different seeds are averaged (curves on the steps all seeds evaluated).
+(GXPO K=5, alpha=1.0; SFPO K=3, alpha=0.8). The configured total steps come from the config's
+``trainer.total_training_steps`` (or ``total_steps`` in ``meta.json``).
+
+Python API (one module per job: ``sources`` reads log files, ``metadata`` builds :class:`Run` s,
+``derive`` computes curves, ``tables`` the typed rows, ``markdown``, ``plots``, ``build``,
+``cli``)::
+
+    runs = load_runs(paths)                                     # list[Run]
+    rows = table1_rows(runs, at="final", opts=Options())        # list[Table1Row]
+    t2 = table2_rows(runs, "val-core/math500/acc/mean@16")      # list[Table2Row]
+    build_report(paths, out_dir, metrics, opts)                 # all files, as the CLI
+
+Runs with the same (model, method, K, alpha) but different seeds are averaged (curves on the
+steps all seeds evaluated).
 
 Derived quantities per run
 --------------------------
@@ -48,15 +60,21 @@ Derived quantities per run
   ``math500``) takes the largest N the run logged (``--n`` to fix it; verl puts only the largest N
   under ``val-core``); a bare data source falls back to ``val-core/<ds>/reward/mean@N`` when the
   reward function returned no ``acc``. ``avg`` is the mean over the Table 1 benchmarks a run logged
-  at a step.
+  at a step. ``val-core/<ds>/acc/pass@<k>`` (logged by the project's ``gxpo_sync`` trainer, see
+  ``verl_ext/metrics/pass_at_k.py``) is the unbiased pass@k; verl's ``best@k`` is a bootstrap.
 
 Outputs (in OUT_DIR)
 --------------------
-* ``table1.{md,csv}``: Table 1 layout: Model | Method | K | BP | one column per benchmark | Avg.,
-  in percent. Values at the last validation step (``--table1-at best``: at the validation step with
-  the best Avg.). BP = nominal backward passes per update (GRPO 1, SFPO K+1, GXPO 3 while active).
-  Avg. is the mean over the benchmark columns (empty when a run lacks one of them); benchmark
-  columns no run logged are dropped.
+* ``table1.{md,csv}``: Table 1 layout: Model | Method | K | BP | Step | one column per benchmark |
+  Avg. | seeds, in percent (the CSV adds ``complete``). Each run contributes ALL its benchmarks from
+  ONE evaluation step, shown in Step: the last step at which every benchmark it logged was
+  evaluated (``--table1-at best``: the step with the best mean over them, steps >= 1). A run whose
+  last step is below its configured ``trainer.total_training_steps`` is marked "stopped early".
+  BP = nominal backward passes per update (GRPO 1, SFPO K+1, GXPO 3 while active). Avg. is the
+  mean over the benchmark columns (empty when a run lacks one of them); benchmark columns no run
+  logged are dropped. ``table1_pass<k>.{md,csv}``: the same with the unbiased pass@k
+  (``val-core/<ds>/acc/pass@<k>``, largest k > 1 logged), when the runs logged it. Typed rows:
+  :func:`launch.report.tables.table1_rows` / ``table2_rows``.
 * ``table2_<metric>.{md,csv}`` per ``--metric``: Table 2 layout: Peak Acc. | Steps to match GRPO |
   Step speedup | Hours to match GRPO | Time speedup | BPs to match GRPO | BP speedup. Rules: only
   validation steps >= 1 count. GRPO's peak is the max of its validation accuracies; the threshold of
@@ -73,7 +91,8 @@ Outputs (in OUT_DIR)
   point at or below the budget (the checkpoint one would actually hold). Budgets before the first
   or after the last validation point are never extrapolated: the cell stays empty.
 * ``plots/<metric>_vs_{step,bp,hours}.png``: accuracy vs training steps / backward passes / hours,
-  one panel per model, one line per method/K/alpha, GRPO's peak dashed.
+  one panel per model, one line per method/K/alpha (several seeds: their mean, with a min-max
+  band), the y axis naming the metric in words ("Math-500 pass@1 (%)"), GRPO's peak dotted.
 * ``runs.csv``: the runs found, their metadata and where each field came from; ``report.md``: all
   tables in one file.
 """
@@ -88,6 +107,7 @@ from launch.report.derive import (
     group_runs,
     hours,
     interp_at,
+    metric_label,
     metric_series,
     resolve_metric,
 )
@@ -95,11 +115,13 @@ from launch.report.markdown import slug, to_markdown
 from launch.report.metadata import BENCHMARKS, METHOD_ORDER, METHOD_TITLE, MODEL_ORDER, Run, load_runs
 from launch.report.plots import plot_metric
 from launch.report.sources import Source, discover, iter_wandb_records, read_jsonl, read_wandb_binary
-from launch.report.tables import iso_table, table1, table2
+from launch.report.plots import make_figure
+from launch.report.tables import Table1Row, Table2Row, iso_table, table1, table1_rows, table1_step, table2, table2_rows
 
 __all__ = [
     "BENCHMARKS", "DEFAULT_METRICS", "EPS", "Group", "METHOD_ORDER", "METHOD_TITLE", "MODEL_ORDER", "Options",
     "Run", "Source", "backward_passes", "build_report", "curve", "discover", "group_runs", "hours", "interp_at",
     "iso_table", "iter_wandb_records", "load_runs", "main", "metric_series", "parse_benchmarks", "plot_metric",
     "read_jsonl", "read_wandb_binary", "resolve_metric", "slug", "table1", "table2", "to_markdown",
+    "Table1Row", "Table2Row", "table1_rows", "table1_step", "table2_rows", "make_figure", "metric_label",
 ]

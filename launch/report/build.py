@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -11,11 +13,45 @@ import pandas as pd
 from launch import runmeta
 from launch.report.derive import Options, backward_passes, group_runs, hours
 from launch.report.markdown import T2_KINDS, T2_NA, _iso_markdown, slug, to_markdown
-from launch.report.metadata import load_runs
+from launch.report.metadata import Run, load_runs
 from launch.report.plots import plot_metric
 from launch.report.tables import iso_table, table1, table2
 
 DEFAULT_METRICS = ["math500", "avg"]
+
+TABLE1_NOTES = """\
+- Table 1 takes every benchmark of a run from ONE evaluation step, shown in the Step column: the
+  last step at which all its benchmarks were evaluated (`--table1-at final`) or the step with the
+  best mean over them (`--table1-at best`; chosen on the same numbers it reports, so optimistic).
+  Seeds are averaged; "stopped early" marks a run whose last logged step is below its configured
+  `trainer.total_training_steps` (column `complete` of table1.csv; empty when no config says).
+- The paper does not say which step its Table 1 reports: its Llama3.2-3B GRPO row (Math-500 33.46,
+  GSM8K 67.04, Minerva 10.98) matches neither its step-300 numbers (Table 3 at BP=300, GRPO's
+  300 steps: 33.85, 66.84, 9.77) nor its peak (Table 2: Math-500 peak 34.10). Compare with it
+  knowing that either choice here may differ from the paper's.
+- pass@1 is verl's `mean@N` (mean accuracy over the N samples per prompt); pass@k for k > 1 is
+  the unbiased estimator 1 - C(n-c, k)/C(n, k) logged as `val-core/<ds>/acc/pass@<k>`, not verl's
+  bootstrap `best@k`."""
+
+
+def largest_pass_k(runs: Sequence[Run], opts: Options) -> int | None:
+    """The largest k > 1 for which some run logged ``val-core/<benchmark>/acc/pass@<k>``."""
+    ks = set()
+    for r in runs:
+        for col in r.hist.columns:
+            m = re.fullmatch(r"val-core/(.+)/acc/pass@(\d+)", col)
+            if m and m.group(1) in opts.benchmarks and int(m.group(2)) > 1:
+                ks.add(int(m.group(2)))
+    return max(ks) if ks else None
+
+
+def _write_table1(df: pd.DataFrame, opts: Options, stem: Path, files: list) -> str:
+    df.to_csv(stem.with_suffix(".csv"), index=False)
+    kinds = {t: "pct" for t in list(opts.benchmarks.values()) + ["Avg."]}
+    text = to_markdown(df.drop(columns=[c for c in ("complete",) if c in df.columns]), kinds)
+    stem.with_suffix(".md").write_text(text)
+    files += [stem.with_suffix(".csv"), stem.with_suffix(".md")]
+    return text
 
 
 def build_report(run_paths: Sequence[str], out: str | os.PathLike, metrics: Sequence[str] | None = None,
@@ -38,7 +74,7 @@ def build_report(run_paths: Sequence[str], out: str | os.PathLike, metrics: Sequ
         hr = hours(r, opts.include_val_time)
         inv.append({"run": r.name, "format": r.kind, "model": r.meta.get("model_display"),
                     "method": r.meta.get("method"), "K": r.meta.get("K"), "alpha": r.meta.get("alpha"),
-                    "seed": r.meta.get("seed"), "last_step": int(r.hist.index.max()) if len(r.hist) else None,
+                    "seed": r.meta.get("seed"), "last_step": r.last_step, "total_steps": r.total_steps,
                     "backward_passes": float(bp.iloc[-1]) if len(bp) else None, "bp_source": src,
                     "hours": float(hr.iloc[-1]) if len(hr) else None,
                     "meta_from": "; ".join(f"{k}: {v}" for k, v in r.meta_sources.items()),
@@ -52,12 +88,20 @@ def build_report(run_paths: Sequence[str], out: str | os.PathLike, metrics: Sequ
 
     t1 = table1(groups, opts, table1_at)
     result["table1"] = t1
-    t1.to_csv(out / "table1.csv", index=False)
-    kinds1 = {t: "pct" for t in list(opts.benchmarks.values()) + ["Avg."]}
-    t1_md = to_markdown(t1, kinds1)
-    (out / "table1.md").write_text(t1_md)
-    result["files"] += [out / "table1.csv", out / "table1.md"]
-    md += [f"## Table 1: average sampled pass@1 (%), {table1_at} validation", "", t1_md]
+    t1_md = _write_table1(t1, opts, out / "table1", result["files"])
+    md += [f"## Table 1: average sampled pass@1 (%), {table1_at} validation step", "", t1_md]
+
+    # the unbiased pass@k of the gxpo_sync trainer (val-core/<ds>/acc/pass@<k>), largest k logged
+    result["table1_pass"] = {}
+    k = largest_pass_k(runs, opts)
+    if k is not None:
+        popts = replace(opts, stat=f"pass@{k}")
+        tk = table1(groups, popts, table1_at)
+        result["table1_pass"][k] = tk
+        tk_md = _write_table1(tk, popts, out / f"table1_pass{k}", result["files"])
+        md += [f"## Table 1, pass@{k} (%, unbiased estimator), {table1_at} validation step", "", tk_md]
+
+    md += ["## Notes", "", *TABLE1_NOTES.format(at=table1_at).splitlines(), ""]
 
     result["table2"] = {}
     for spec in metrics:

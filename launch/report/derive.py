@@ -24,16 +24,23 @@ class Options:
     n: int | None = None
     include_val_time: bool = False
     interp: str = "linear"
+    #: statistic a bare data source (and "avg") stands for: "mean" = verl's mean@N (sampled pass@1),
+    #: "pass@<k>" = the unbiased pass@k the gxpo_sync trainer logs, "pass" = its largest logged k
+    stat: str = "mean"
 
 
-def resolve_metric(hist: pd.DataFrame, spec: str, n: int | None = None) -> str | None:
+def resolve_metric(hist: pd.DataFrame, spec: str, n: int | None = None, stat: str = "mean") -> str | None:
     """Column of ``hist`` for a metric spec (exact name, name without ``@N``, or a data source).
 
-    A bare data source means ``val-core/<ds>/acc/mean@N``, or ``val-core/<ds>/reward/mean@N`` when the
-    reward function returned no ``acc`` (verl then makes ``reward`` the core variable)."""
+    A bare data source means ``val-core/<ds>/acc/<stat>``: with ``stat="mean"``
+    ``val-core/<ds>/acc/mean@N`` (largest N, or ``n``), or ``val-core/<ds>/reward/mean@N`` when the
+    reward function returned no ``acc`` (verl then makes ``reward`` the core variable); with
+    ``stat="pass@16"`` that column exactly; ``stat="pass"`` the largest logged k."""
     if spec in hist.columns:
         return spec
     if not spec.startswith("val-"):
+        if stat != "mean":
+            return resolve_metric(hist, f"val-core/{spec}/acc/{stat}", None)
         return (resolve_metric(hist, f"val-core/{spec}/acc/mean", n)
                 or resolve_metric(hist, f"val-core/{spec}/reward/mean", n))
     base = spec
@@ -89,12 +96,12 @@ def metric_series(run: Run, spec: str, opts: Options) -> pd.Series:
     """Accuracy (fraction) at the steps where the metric was logged."""
     hist = run.hist
     if spec == "avg":
-        cols = [resolve_metric(hist, ds, opts.n) for ds in opts.benchmarks]
+        cols = [resolve_metric(hist, ds, opts.n, opts.stat) for ds in opts.benchmarks]
         cols = [c for c in cols if c]
         if not cols:
             return pd.Series(dtype=float)
         return hist[cols].dropna(how="any").mean(axis=1)
-    col = resolve_metric(hist, spec, opts.n)
+    col = resolve_metric(hist, spec, opts.n, opts.stat)
     if col is None:
         return pd.Series(dtype=float)
     return hist[col].dropna()
@@ -148,6 +155,56 @@ class Group:
             return curves[0]
         steps = sorted(set.intersection(*[set(c.index) for c in curves]))
         return sum(c.loc[steps] for c in curves) / len(curves)
+
+    def spread(self, spec: str, opts: Options) -> pd.DataFrame:
+        """Per validation step every seed has: ``acc`` (mean over seeds), ``acc_min``, ``acc_max``,
+        ``acc_std`` (population std; 0 for one seed), ``bp``, ``hours`` (seed means), ``seeds``."""
+        curves = [c for c in (curve(r, spec, opts) for r in self.runs) if len(c)]
+        cols = ["acc", "acc_min", "acc_max", "acc_std", "bp", "hours", "seeds"]
+        if not curves:
+            return pd.DataFrame(columns=cols)
+        steps = sorted(set.intersection(*[set(c.index) for c in curves]))
+        accs = np.stack([c.loc[steps, "acc"].to_numpy(float) for c in curves])
+        out = pd.DataFrame(index=pd.Index(steps, name="step"))
+        out["acc"] = accs.mean(axis=0)
+        out["acc_min"] = accs.min(axis=0)
+        out["acc_max"] = accs.max(axis=0)
+        out["acc_std"] = accs.std(axis=0)
+        for col in ("bp", "hours"):
+            out[col] = np.mean([c.loc[steps, col].to_numpy(float) for c in curves], axis=0)
+        out["seeds"] = len(curves)
+        return out
+
+
+_STAT_RE = re.compile(r"val-core/(?P<ds>.+)/(?P<var>acc|reward)/(?P<stat>mean|pass|best|maj)@(?P<n>\d+)(?P<tail>/mean)?")
+
+
+def _stat_words(stat: str, n: str | None = None) -> str:
+    if stat == "mean":
+        return "pass@1"
+    if stat.startswith("pass"):
+        k = n or stat.partition("@")[2]
+        return f"pass@{k}" if k else "pass@k"
+    return f"{stat}@{n}"
+
+
+def metric_label(spec: str, opts: Options) -> str:
+    """The metric in words for axis labels and headings, e.g. ``"Math-500 pass@1 (%)"``."""
+    if spec == "avg":
+        return f"Average {_stat_words(opts.stat)} over {len(opts.benchmarks)} benchmarks (%)"
+    if not spec.startswith("val-"):
+        return f"{opts.benchmarks.get(spec, spec)} {_stat_words(opts.stat)} (%)"
+    m = _STAT_RE.fullmatch(spec)
+    if m is None:
+        return f"{spec} (%)"
+    title = opts.benchmarks.get(m.group("ds"), m.group("ds"))
+    if m.group("var") == "reward":
+        return f"{title} mean reward over {m.group('n')} samples (x100)"
+    if m.group("stat") in ("best", "maj"):
+        return f"{title} {m.group('stat')}@{m.group('n')} (verl bootstrap, %)"
+    if m.group("stat") == "mean":
+        return f"{title} pass@1 (%, mean of {m.group('n')} samples)"
+    return f"{title} {_stat_words(m.group('stat'), m.group('n'))} (%)"
 
 
 def sort_key(key: tuple):

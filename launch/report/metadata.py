@@ -53,6 +53,33 @@ class Run:
         m = self.meta
         return (m.get("model_display"), m.get("method"), m.get("K"), m.get("alpha"))
 
+    @property
+    def last_step(self) -> int | None:
+        """The last step the run logged anything at."""
+        return int(self.hist.index.max()) if len(self.hist) else None
+
+    @property
+    def total_steps(self) -> int | None:
+        """The configured number of training steps (``trainer.total_training_steps``), if known."""
+        return self.meta.get("total_steps")
+
+    @property
+    def complete(self) -> bool | None:
+        """Whether the run reached its configured total steps (None when that is unknown)."""
+        if self.total_steps is None or self.last_step is None:
+            return None
+        return self.last_step >= self.total_steps
+
+
+def config_meta(cfg: Any, seed_key: str = runmeta.DEFAULT_SEED_KEY) -> dict[str, Any]:
+    """:func:`launch.runmeta.meta_from_config` plus ``total_steps`` (``trainer.total_training_steps``)."""
+    meta = runmeta.meta_from_config(cfg, seed_key)
+    total: Any = cfg
+    for part in TOTAL_STEPS_KEY.split("."):
+        total = total.get(part) if isinstance(total, dict) else None
+    if isinstance(total, (int, float)) and not isinstance(total, bool) and total > 0:
+        meta["total_steps"] = int(total)
+    return meta
 
 
 def _read_side_meta(src: Source, seed_key: str) -> tuple[list[tuple[str, dict]], dict | None]:
@@ -88,7 +115,7 @@ def _read_side_meta(src: Source, seed_key: str) -> tuple[list[tuple[str, dict]],
             if path.parent.name == "files":
                 obj = runmeta.unwrap_wandb_config(obj)
             config = config or obj
-            found.append((str(path), runmeta.meta_from_config(obj, seed_key)))
+            found.append((str(path), config_meta(obj, seed_key)))
     if d is not None:
         # Hydra's group choices and overrides of the newest attempt
         hds = [d / ".hydra"] + sorted(Path(p) for p in glob.glob(str(d / "hydra" / "*" / ".hydra")))[::-1]
@@ -104,13 +131,13 @@ def _read_side_meta(src: Source, seed_key: str) -> tuple[list[tuple[str, dict]],
                     if isinstance(choices.get(runmeta.METHOD_GROUP), str):
                         m.update(runmeta.parse_method_group(choices[runmeta.METHOD_GROUP]))
                     found.append((str(hy), m))
-                except Exception:
-                    pass
+                except Exception as exc:  # noqa: BLE001 - a broken side file must not stop the report
+                    warnings.warn(f"{hy}: unreadable ({exc!r})")
             if ov.exists():
                 try:
                     found.append((str(ov), runmeta.meta_from_overrides(_load_structured(ov) or [], seed_key)))
-                except Exception:
-                    pass
+                except Exception as exc:  # noqa: BLE001
+                    warnings.warn(f"{ov}: unreadable ({exc!r})")
             if hy.exists() or ov.exists():
                 break
         launches = sorted(d.glob("launch-*.json"))
@@ -158,14 +185,15 @@ def load_runs(paths: Sequence[str | os.PathLike], seed_key: str = runmeta.DEFAUL
                 if cfg_path.exists():
                     try:
                         config = runmeta.unwrap_wandb_config(_load_structured(cfg_path) or {})
-                    except Exception:
+                    except Exception as exc:  # noqa: BLE001
+                        warnings.warn(f"{cfg_path}: unreadable ({exc!r})")
                         config = {}
                 meta_path = f.parent / "wandb-metadata.json"
                 if meta_path.exists():
                     try:
                         name = json.loads(meta_path.read_text()).get("display_name")
-                    except Exception:
-                        pass
+                    except (OSError, ValueError, AttributeError) as exc:
+                        warnings.warn(f"{meta_path}: unreadable ({exc!r})")
             else:
                 rows, config, name = read_wandb_binary(f)
             if not rows:
@@ -181,7 +209,7 @@ def load_runs(paths: Sequence[str | os.PathLike], seed_key: str = runmeta.DEFAUL
         parts.sort(key=lambda p: p[0].run_dir.name if p[0].run_dir else "")
         rows = [r for _, rs, _ in parts for r in rs]
         config = next((c for _, _, c in reversed(parts) if c), {})
-        side = [(f"wandb config of {parts[-1][0].files[0]}", runmeta.meta_from_config(config, seed_key))]
+        side = [(f"wandb config of {parts[-1][0].files[0]}", config_meta(config, seed_key))]
         runs.append(_make_run(name, "wandb", [p[0].files[0] for p in parts], rows, side))
     return runs
 
@@ -200,6 +228,9 @@ def _make_run(name: str, kind: str, files, rows, side: list[tuple[str, dict]]) -
         else:
             if key in meta:
                 origins[key] = "spec default"
+    if meta.get("total_steps") is not None:
+        meta["total_steps"] = int(meta["total_steps"])
+        origins["total_steps"] = next(o for o, m in ordered if m.get("total_steps") is not None)
     meta["model_display"] = runmeta.display_model(meta.get("model")) or "?"
     if meta.get("method") not in METHOD_ORDER:
         warnings.warn(f"run {name!r}: update rule unknown ({meta.get('method')!r}); "

@@ -122,14 +122,18 @@ def read_wandb_binary(path: str | os.PathLike) -> tuple[list[dict[str, float]], 
     """(history rows, config, display name) of a ``run-<id>.wandb`` file."""
     from wandb.proto import wandb_internal_pb2 as pb  # wandb's own record definition
 
+    from google.protobuf.message import DecodeError
+
     rows: list[dict[str, float]] = []
     config: dict[str, Any] = {}
     name = None
+    undecodable = unparsable = 0
     for payload in iter_wandb_records(path):
         rec = pb.Record()
         try:
             rec.ParseFromString(payload)
-        except Exception:
+        except DecodeError:  # e.g. the torn last record of a killed run
+            undecodable += 1
             continue
         kind = rec.WhichOneof("record_type")
         if kind == "history":
@@ -138,6 +142,7 @@ def read_wandb_binary(path: str | os.PathLike) -> tuple[list[dict[str, float]], 
                 try:
                     values[_item_key(item)] = json.loads(item.value_json)
                 except (ValueError, TypeError):
+                    unparsable += 1
                     continue
             step = rec.history.step.num if rec.history.HasField("step") else values.get("_step")
             row = _row(step, values)
@@ -154,7 +159,10 @@ def read_wandb_binary(path: str | os.PathLike) -> tuple[list[dict[str, float]], 
                 try:
                     config[key] = json.loads(item.value_json)
                 except (ValueError, TypeError):
-                    pass
+                    unparsable += 1
+    if undecodable or unparsable:
+        warnings.warn(f"{path}: skipped {undecodable} undecodable record(s) and {unparsable} value(s) "
+                      "that are not JSON")
     return rows, config, name
 
 
