@@ -14,7 +14,14 @@ import pytest  # noqa: E402
 
 from verl_ext.data import math_datasets as md  # noqa: E402
 from verl_ext.data.prepare_math import main as prepare_main  # noqa: E402
-from verl_ext.data.prompts import MATH_INSTRUCTION, format_math_prompt, make_math_messages  # noqa: E402
+from verl_ext.data.prompts import (  # noqa: E402
+    DEFAULT_PROMPT_STYLE,
+    MATH_INSTRUCTION,
+    PROMPT_STYLES,
+    VERL_INSTRUCTION,
+    format_math_prompt,
+    make_math_messages,
+)
 from verl_ext.data.rows import ROW_SCHEMA, read_rows  # noqa: E402
 from verl_ext.rewards.extraction import (  # noqa: E402
     all_boxed_contents,
@@ -36,10 +43,27 @@ def _gts(rows: list[dict]) -> list[str]:
 
 # ------------------------------------------------------------------------------------- prompt
 def test_prompt_is_one_user_message_asking_for_a_box():
-    msgs = make_math_messages("  What is $1+1$?\n")
+    msgs = make_math_messages("  What is $1+1$?\n", "qwen")
     assert msgs == [{"role": "user", "content": "What is $1+1$?\n\n" + MATH_INSTRUCTION}]
     assert "\\boxed{}" in MATH_INSTRUCTION and "step by step" in MATH_INSTRUCTION
-    assert format_math_prompt("Q") == msgs[0]["content"].replace("What is $1+1$?", "Q")
+    assert format_math_prompt("Q", "qwen") == msgs[0]["content"].replace("What is $1+1$?", "Q")
+    for style in PROMPT_STYLES:
+        for split in ("train", "test"):
+            (msg,) = make_math_messages("Q", style, split)
+            assert msg["role"] == "user" and "\\boxed{}" in msg["content"] and "Q" in msg["content"]
+
+
+def test_prompt_styles_follow_the_authors_scripts():
+    # the authors' paper-protocol data: verl's instruction after a space for training ...
+    assert format_math_prompt(" Q ", "authors", "train") == "Q " + VERL_INSTRUCTION
+    assert format_math_prompt("Q", "verl", "test") == "Q Let's think step by step and output the final answer within \\boxed{}."
+    # ... and SFPO's prompt for the evaluation sets
+    sfpo = format_math_prompt("Q", "authors", "test")
+    assert sfpo == format_math_prompt("Q", "sfpo", "train")
+    assert sfpo.startswith("Please solve the following math problem: Q. ") and "\\boxed{1}" in sfpo
+    assert DEFAULT_PROMPT_STYLE == "authors"
+    with pytest.raises(ValueError, match="prompt style"):
+        format_math_prompt("Q", "chatml")
 
 
 # --------------------------------------------------------------------------------- extraction
@@ -144,12 +168,13 @@ def test_clean_answer_variants():
     assert md.clean_answer(None) is None
 
 
-def test_same_prompt_for_every_set():
+def test_same_prompt_style_for_every_set():
     for name in md.ALL_SETS:
         rows = md.build_set(name, source_dir=FIXTURES)
         assert rows, name
         for r in rows:
-            assert r["prompt"] == make_math_messages(r["extra_info"]["question"])
+            split = "train" if name == "train" else "test"
+            assert r["prompt"] == make_math_messages(r["extra_info"]["question"], "authors", split)
             assert r["ability"] == "math"
             assert r["reward_model"]["style"] == "rule"
             assert r["data_source"] == md.DATA_SOURCES[name]
@@ -200,6 +225,28 @@ def test_parquet_round_trip_preserves_rows(tmp_path):
     assert read_rows(path) == rows
 
 
+def test_train_set_options(tmp_path, capsys):
+    """math_train: the train split at levels 3-5; math_train_test: + the test split, minus MATH-500."""
+    out = tmp_path / "a"
+    args = ["--out_dir", str(out), "--sets", "train", "--source_dir", FIXTURES]
+    assert prepare_main(args) == 0
+    assert len(read_rows(str(out / "train.parquet"))) == 5
+    out = tmp_path / "b"
+    args = ["--out_dir", str(out), "--sets", "train", "--source_dir", FIXTURES, "--train_set", "math_train_test"]
+    assert prepare_main(args + ["--prompt", "qwen"]) == 0
+    info = json.loads(capsys.readouterr().out.splitlines()[-1])
+    rows = read_rows(str(out / "train.parquet"))
+    questions = [r["extra_info"]["question"] for r in rows]
+    # the level-3 test problem is a MATH-500 problem (whitespace aside): excluded; level 2: filtered
+    assert len(rows) == 6 and questions[-1] == "A test-split problem at level 4."
+    assert info["excluded"] == 1 and info["rows"] == 6
+    assert all(r["prompt"][0]["content"].endswith(MATH_INSTRUCTION) for r in rows)
+    with pytest.raises(SystemExit):
+        prepare_main(args[:-2] + ["--train_set", "train_and_more"])
+    with pytest.raises(ValueError, match="prompt style"):
+        md.prepare(str(out), sets=["gsm8k"], source_dir=FIXTURES, prompt="chatml")
+
+
 def test_cli_subset_and_parquet_sources(tmp_path, capsys):
     src = tmp_path / "src"
     src.mkdir()
@@ -230,7 +277,7 @@ def test_verl_rlhf_dataset_reads_all_files_together(prepared, tmp_path):
     assert len(ds) == 23
     item = ds[0]
     assert item["data_source"] == "hendrycks_math"
-    assert item["raw_prompt"][0]["role"] == "user" and item["raw_prompt"][0]["content"].endswith(MATH_INSTRUCTION)
+    assert item["raw_prompt"][0]["role"] == "user" and item["raw_prompt"][0]["content"].endswith(VERL_INSTRUCTION)
     assert item["reward_model"]["ground_truth"] == "\\frac{\\sqrt{3}}{2}"
     assert item["index"] == 0 and item["extra_info"]["split"] == "train"
     last = ds[len(ds) - 1]

@@ -187,7 +187,8 @@ def test_table1_final_values(rep):
     assert gx["GSM8k"] == pytest.approx(100 * (gxpo_acc(300) + 0.30))
     assert gx["Avg."] == pytest.approx(100 * (gxpo_acc(300) + np.mean(list(OFFSETS.values()))))
     header = (out / "table1.md").read_text().splitlines()[0]
-    assert header == "| Model | Method | K | BP | Math-500 | AMC23 | GSM8k | Minerva | Olympiad | Avg. | seeds |"
+    assert header == "| Model | Method | K | BP | Step | Math-500 | AMC23 | GSM8k | Minerva | Olympiad | Avg. | seeds |"
+    assert set(t1["Step"]) == {"300"}
 
 
 def test_iso_budgets_and_interpolation(rep, logs, tmp_path):
@@ -313,3 +314,126 @@ def test_wandb_offline_binary(tmp_path):
     assert list(c.index) == [0, 2, 4]
     assert c.loc[4, "bp"] == 44 and c.loc[4, "hours"] == pytest.approx(120 / 3600)
     assert c.loc[4, "acc"] == pytest.approx(0.54)
+
+
+# ------------------------------------------------------------------ Table 1: one step per run
+def _write_run(path: Path, rows: list[dict], config: str | None = None) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "metrics-1.jsonl").write_text("".join(json.dumps({"step": r["step"], "data": r}) + "\n" for r in rows))
+    if config is not None:
+        (path / ".hydra").mkdir()
+        (path / ".hydra" / "config.yaml").write_text(config)
+
+
+BENCH2 = {"math500": "Math-500", "amc23": "AMC23"}
+
+
+def _two_bench_rows(amc_until: int, last: int, peak_at: int | None = None) -> list[dict]:
+    rows = []
+    for s in range(0, last + 1, 10):
+        d = {"step": s, "grpo/backward_passes": s, "timing_s/step": 1.0,
+             "val-core/math500/acc/mean@4": 0.30 + 0.001 * s + (0.2 if s == peak_at else 0.0)}
+        if s <= amc_until:
+            d["val-core/amc23/acc/mean@4"] = 0.10 + 0.001 * s
+        rows.append(d)
+    return rows
+
+
+CFG = "actor_rollout_ref:\n  model:\n    path: Qwen/Qwen2.5-1.5B-Instruct\n  actor:\n    update_rule: grpo\n" \
+      "trainer:\n  total_training_steps: {total}\n"
+
+
+def test_table1_takes_every_benchmark_from_one_step_and_flags_short_runs(tmp_path):
+    # AMC23 was last evaluated at step 50, the rest at step 100: the row is read at step 50
+    _write_run(tmp_path / "a", _two_bench_rows(amc_until=50, last=100), CFG.format(total=200))
+    opts = Options(benchmarks=BENCH2)
+    (row,) = report.table1_rows(report.load_runs([tmp_path]), at="final", opts=opts)
+    assert row.steps == (50,) and row.total_steps == (200,) and row.complete is False
+    assert row.accuracy["math500"] == pytest.approx(0.35) and row.accuracy["amc23"] == pytest.approx(0.15)
+    assert row.avg == pytest.approx(0.25) and row.method == "grpo" and row.model == "Qwen2.5-1.5B"
+    assert row.step_text == "50 (of 200: stopped early)"
+    res = report.build_report([tmp_path], tmp_path / "out", ["math500"], opts, plots=False)
+    t1 = res["table1"].iloc[0]
+    assert t1["Step"] == "50 (of 200: stopped early)" and t1["Math-500"] == pytest.approx(35.0)
+    assert not t1["complete"]
+    assert "stopped early" in (tmp_path / "out" / "table1.md").read_text()
+    notes = (tmp_path / "out" / "report.md").read_text()
+    assert "does not say which step its Table 1 reports" in notes and "33.46" in notes
+
+
+def test_table1_best_step_and_complete_runs(tmp_path):
+    # the peak of the mean over both benchmarks is at step 30
+    _write_run(tmp_path / "a", _two_bench_rows(amc_until=100, last=100, peak_at=30), CFG.format(total=100))
+    opts = Options(benchmarks=BENCH2)
+    runs = report.load_runs([tmp_path])
+    (best,) = report.table1_rows(runs, at="best", opts=opts)
+    assert best.steps == (30,) and best.accuracy["math500"] == pytest.approx(0.53) and best.complete is True
+    (final,) = report.table1_rows(runs, at="final", opts=opts)
+    assert final.steps == (100,) and final.step_text == "100"
+    with pytest.raises(ValueError, match="table1 at="):
+        report.table1_rows(runs, at="last", opts=opts)
+
+
+def test_table1_without_a_configured_total_is_not_flagged_and_seeds_share_a_row(tmp_path):
+    for seed, last in ((1, 100), (2, 90)):
+        rows = _two_bench_rows(amc_until=100, last=last)
+        p = tmp_path / f"qwen2.5-3b_grpo_s{seed}.jsonl"
+        p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (row,) = report.table1_rows(report.load_runs([tmp_path]), opts=Options(benchmarks=BENCH2))
+    assert row.seeds == 2 and sorted(row.steps) == [90, 100] and row.complete is None
+    assert row.accuracy["math500"] == pytest.approx((0.40 + 0.39) / 2)
+    assert row.step_text in ("100/90", "90/100")
+
+
+def test_table2_rows_are_typed(rep):
+    res, _ = rep
+    rows = {r.method: r for r in report.table2_rows(res["groups"], "val-core/math500/acc/mean@16", Options())}
+    assert rows["gxpo"].steps_to_match == 60 and rows["gxpo"].bp_speedup == pytest.approx(2.0)
+    assert rows["grpo"].peak_acc == pytest.approx(0.40) and not rows["sfpo"].reached
+
+
+# ----------------------------------------------------------------------- unbiased pass@k tables
+def test_report_uses_the_unbiased_pass_at_k(tmp_path):
+    rows = []
+    for s in range(0, 31, 10):
+        rows.append({"step": s, "grpo/backward_passes": s, "timing_s/step": 1.0,
+                     "val-core/math500/acc/mean@16": 0.3, "val-core/math500/acc/pass@1": 0.3,
+                     "val-core/math500/acc/pass@16": 0.6 + 0.01 * s, "val-core/math500/acc/pass@4": 0.5,
+                     "val-core/math500/acc/best@16/mean": 0.45})
+    p = tmp_path / "logs" / "qwen2.5-3b_grpo.jsonl"
+    p.parent.mkdir()
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    opts = Options(benchmarks={"math500": "Math-500"})
+    res = report.build_report([tmp_path / "logs"], tmp_path / "out", ["math500"], opts, plots=False)
+    assert res["table1"].iloc[0]["Math-500"] == pytest.approx(30.0)  # pass@1 = mean@16
+    tk = res["table1_pass"][16]
+    assert tk.iloc[0]["Math-500"] == pytest.approx(90.0) and tk.iloc[0]["Step"] == "30"  # not best@16
+    assert (tmp_path / "out" / "table1_pass16.md").exists()
+    assert "pass@16 (%, unbiased estimator)" in (tmp_path / "out" / "report.md").read_text()
+    run = res["runs"][0]
+    assert report.resolve_metric(run.hist, "math500", stat="pass@4") == "val-core/math500/acc/pass@4"
+    assert report.resolve_metric(run.hist, "math500", stat="pass") == "val-core/math500/acc/pass@16"
+    assert report.resolve_metric(run.hist, "math500") == "val-core/math500/acc/mean@16"
+
+
+# ------------------------------------------------------------------------------ readable plots
+def test_plot_axes_name_the_metric_and_seed_bands(tmp_path):
+    from matplotlib.collections import PolyCollection
+
+    for seed, shift in ((1, 0.0), (2, 0.1)):
+        rows = [{"step": s, "grpo/backward_passes": s, "timing_s/step": 1.0,
+                 "val-core/math500/acc/mean@4": 0.1 + shift + 0.001 * s} for s in range(0, 11)]
+        (tmp_path / f"qwen2.5-3b_grpo_s{seed}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    groups = report.group_runs(report.load_runs([tmp_path]))
+    fig = report.make_figure(groups, "math500", Options(), "step")
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "Math-500 pass@1 (%)" and ax.get_xlabel() == "Training steps"
+    (band,) = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    ys = band.get_paths()[0].vertices[:, 1]
+    assert ys.min() == pytest.approx(10.0) and ys.max() == pytest.approx(21.0)  # min..max of the seeds
+    assert "mean of 2 seeds" in ax.get_legend().get_texts()[0].get_text()
+    assert report.make_figure(groups, "avg", Options(), "bp").axes[0].get_ylabel() == \
+        "Average pass@1 over 5 benchmarks (%)"
+    label = report.metric_label("val-core/amc23/acc/pass@16", Options())
+    assert label == "AMC23 pass@16 (%)"
+    assert report.metric_label("val-core/math500/acc/mean@16", Options()) == "Math-500 pass@1 (%, mean of 16 samples)"

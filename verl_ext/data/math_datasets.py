@@ -1,5 +1,10 @@
 """The GXPO math data: Hendrycks MATH Level 3-5 (train) and five evaluation sets, as verl rows.
 
+"MATH Level 3-5" here is, by default, the lighteval copy's TRAIN split filtered to levels 3-5
+(about 5.6k problems), as in the authors' paper-protocol data script; ``train_set="math_train_test"``
+gives the other common set (train + test, levels 3-5, minus MATH-500: about 8.5k). See
+:data:`TRAIN_SETS`.
+
 Paper (Sec. 3.1): "Training uses the Hendrycks MATH Level 3-5 split. Evaluation is conducted on
 Math-500, AMC23, GSM8K, Minerva Math, and OlympiadBench." It names no hub copies; we use these
 well-known public ones (all widely used by RLVR evaluation code; override with ``hub_id=``):
@@ -37,7 +42,9 @@ Each converter takes the loaded rows (any iterable of dicts: a ``datasets.Datase
 from json/jsonl/parquet) and returns verl rows (:func:`verl_ext.data.rows.make_row`):
 
 * ``data_source``: :data:`DATA_SOURCES` (stable names; validation metrics are keyed by them);
-* ``prompt``: :func:`verl_ext.data.prompts.make_math_messages` (same prompt for every set);
+* ``prompt``: :func:`verl_ext.data.prompts.make_math_messages` in the chosen style (default
+  ``authors``: the authors' scripts' training prompt for ``train``, their evaluation prompt for the
+  five evaluation sets);
 * ``ability``: ``"math"``; ``reward_model``: ``{"style": "rule", "ground_truth": <answer>}``;
 * ``extra_info``: ``split``, ``index`` (row position in the output), original ``id``, ``level``,
   ``type`` where the source has them, and the raw ``question``.
@@ -55,7 +62,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
-from verl_ext.data.prompts import make_math_messages
+from verl_ext.data.prompts import DEFAULT_PROMPT_STYLE, PROMPT_STYLES, make_math_messages
 from verl_ext.data.rows import make_row, write_rows
 from verl_ext.rewards.extraction import gsm8k_final_answer, last_boxed_content, strip_math_delimiters
 
@@ -106,6 +113,20 @@ class HubSource:
     split: str
 
 
+#: Which MATH problems make up the training set (``--train_set``):
+#:
+#: ``math_train`` (default; the paper preset's)
+#:     the MATH training split (lighteval copy, 7,500 problems) filtered to levels 3-5: about 5.6k
+#:     problems. This is what the authors' paper-protocol data script does
+#:     (``prepare_gxpo_data.sh``: ``math_dataset.py --levels 3,4,5`` on ``MATH-lighteval``, train split).
+#: ``math_train_test``
+#:     training + test split (12,000) filtered to levels 3-5, minus the MATH-500 problems: about 8.5k
+#:     problems, the other set commonly called "MATH level 3-5" (e.g. SimpleRL-Zoo's). Needs the
+#:     MATH-500 set (to exclude it) and the lighteval test split (:data:`MATH_TEST_SOURCE`; local copy
+#:     ``<source_dir>/math_test.jsonl`` or ``.json``/``.parquet``/a ``math_test/`` folder).
+TRAIN_SETS = ("math_train", "math_train_test")
+DEFAULT_TRAIN_SET = "math_train"
+
 HUB_SOURCES = {
     "train": HubSource("DigitalLearningGmbH/MATH-lighteval", "default", "train"),
     "math500": HubSource("HuggingFaceH4/MATH-500", None, "test"),
@@ -114,6 +135,10 @@ HUB_SOURCES = {
     "minerva": HubSource("math-ai/minervamath", None, "test"),
     "olympiadbench": HubSource("math-ai/olympiadbench", None, "test"),
 }
+
+#: The MATH test split (lighteval copy, 5,000 problems), read only for ``train_set="math_train_test"``.
+MATH_TEST_SOURCE = HubSource("DigitalLearningGmbH/MATH-lighteval", "default", "test")
+MATH_TEST_LOCAL_NAME = "math_test"
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -177,14 +202,17 @@ def _rows_to_list(rows: Iterable[dict]) -> list[dict]:
     return [dict(r) for r in rows]
 
 
-def _finish(items: list[tuple[str, str, dict]], set_name: str, split: str, stats: Optional[dict]) -> list[dict]:
-    """(question, ground truth, meta) triples -> verl rows with consecutive ``index``."""
+def _finish(
+    items: list[tuple[str, str, dict]], set_name: str, split: str, stats: Optional[dict], prompt: str
+) -> list[dict]:
+    """(question, ground truth, meta) triples -> verl rows with consecutive ``index``, the prompt in
+    style ``prompt`` (:mod:`verl_ext.data.prompts`)."""
     out = []
     for question, gt, meta in items:
         out.append(
             make_row(
                 data_source=DATA_SOURCES[set_name],
-                messages=make_math_messages(question),
+                messages=make_math_messages(question, prompt, split),
                 ground_truth=gt,
                 split=split,
                 index=len(out),
@@ -205,15 +233,26 @@ def _bump(stats: Optional[dict], key: str) -> None:
 
 
 # --------------------------------------------------------------------------------- converters
+def problem_key(text: object) -> str:
+    """Whitespace-insensitive key of a problem statement (to match MATH-500 problems in MATH)."""
+    return re.sub(r"\s+", "", str(text or ""))
+
+
 def convert_math_train(
-    rows: Iterable[dict], levels: Iterable[int] = (3, 4, 5), stats: Optional[dict] = None
+    rows: Iterable[dict],
+    levels: Iterable[int] = (3, 4, 5),
+    stats: Optional[dict] = None,
+    prompt: str = DEFAULT_PROMPT_STYLE,
+    exclude_problems: Optional[Iterable[str]] = None,
 ) -> list[dict]:
-    """Hendrycks MATH training rows -> verl rows, keeping only ``levels`` (default Level 3-5).
+    """Hendrycks MATH rows -> verl training rows, keeping only ``levels`` (default Level 3-5).
 
     Fields: ``problem``, ``level`` ("Level N"), ``type``, ``solution``; the ground truth is the last
-    ``\\boxed{}`` of the solution (an ``answer`` field wins when present).
+    ``\\boxed{}`` of the solution (an ``answer`` field wins when present). Problems whose
+    :func:`problem_key` is in ``exclude_problems`` are dropped (counted as ``excluded``).
     """
     keep = {int(x) for x in levels}
+    excluded = {problem_key(p) for p in (exclude_problems or ())}
     items = []
     for i, r in enumerate(_rows_to_list(rows)):
         lvl = parse_level(r.get("level"))
@@ -221,6 +260,9 @@ def convert_math_train(
             _bump(stats, "filtered_level")
             continue
         question = _first(r, ("problem", "question"))
+        if excluded and problem_key(question) in excluded:
+            _bump(stats, "excluded")
+            continue
         gt = clean_answer(r.get("answer")) or clean_answer(last_boxed_content(r.get("solution")))
         if not question or not gt:
             _bump(stats, "no_answer")
@@ -233,10 +275,12 @@ def convert_math_train(
                 {"id": rid if rid is not None else f"train-{i}", "level": r.get("level"), "type": r.get("type")},
             )
         )
-    return _finish(items, "train", "train", stats)
+    return _finish(items, "train", "train", stats, prompt)
 
 
-def convert_math500(rows: Iterable[dict], stats: Optional[dict] = None) -> list[dict]:
+def convert_math500(
+    rows: Iterable[dict], stats: Optional[dict] = None, prompt: str = DEFAULT_PROMPT_STYLE
+) -> list[dict]:
     """MATH-500 rows (``problem``, ``answer``, ``subject``, ``level``, ``unique_id``) -> verl rows."""
     items = []
     for i, r in enumerate(_rows_to_list(rows)):
@@ -257,10 +301,12 @@ def convert_math500(rows: Iterable[dict], stats: Optional[dict] = None) -> list[
                 },
             )
         )
-    return _finish(items, "math500", "test", stats)
+    return _finish(items, "math500", "test", stats, prompt)
 
 
-def convert_amc23(rows: Iterable[dict], stats: Optional[dict] = None) -> list[dict]:
+def convert_amc23(
+    rows: Iterable[dict], stats: Optional[dict] = None, prompt: str = DEFAULT_PROMPT_STYLE
+) -> list[dict]:
     """AMC23 rows (``question``, ``answer`` number or string, ``id``) -> verl rows."""
     items = []
     for i, r in enumerate(_rows_to_list(rows)):
@@ -271,10 +317,12 @@ def convert_amc23(rows: Iterable[dict], stats: Optional[dict] = None) -> list[di
             continue
         rid = r.get("id")
         items.append((str(question), gt, {"id": rid if rid is not None else f"amc23-{i}"}))
-    return _finish(items, "amc23", "test", stats)
+    return _finish(items, "amc23", "test", stats, prompt)
 
 
-def convert_gsm8k(rows: Iterable[dict], stats: Optional[dict] = None) -> list[dict]:
+def convert_gsm8k(
+    rows: Iterable[dict], stats: Optional[dict] = None, prompt: str = DEFAULT_PROMPT_STYLE
+) -> list[dict]:
     """GSM8K rows (``question``, ``answer`` ending in ``#### N``) -> verl rows; ground truth N."""
     items = []
     for i, r in enumerate(_rows_to_list(rows)):
@@ -285,10 +333,12 @@ def convert_gsm8k(rows: Iterable[dict], stats: Optional[dict] = None) -> list[di
             continue
         rid = r.get("id")
         items.append((str(question), gt, {"id": rid if rid is not None else f"gsm8k-test-{i}"}))
-    return _finish(items, "gsm8k", "test", stats)
+    return _finish(items, "gsm8k", "test", stats, prompt)
 
 
-def convert_minerva(rows: Iterable[dict], stats: Optional[dict] = None) -> list[dict]:
+def convert_minerva(
+    rows: Iterable[dict], stats: Optional[dict] = None, prompt: str = DEFAULT_PROMPT_STYLE
+) -> list[dict]:
     """Minerva Math rows (``question``, ``answer``; or ``problem`` + boxed ``solution``) -> rows."""
     items = []
     for i, r in enumerate(_rows_to_list(rows)):
@@ -305,10 +355,12 @@ def convert_minerva(rows: Iterable[dict], stats: Optional[dict] = None) -> list[
                 {"id": rid if rid is not None else f"minerva-{i}", "type": _first(r, ("type", "subject"))},
             )
         )
-    return _finish(items, "minerva", "test", stats)
+    return _finish(items, "minerva", "test", stats, prompt)
 
 
-def convert_olympiadbench(rows: Iterable[dict], stats: Optional[dict] = None) -> list[dict]:
+def convert_olympiadbench(
+    rows: Iterable[dict], stats: Optional[dict] = None, prompt: str = DEFAULT_PROMPT_STYLE
+) -> list[dict]:
     """OlympiadBench rows (``question``, ``final_answer`` list, optional ``context``) -> rows.
 
     A non-empty ``context`` is prepended to the question; multi-part answers are joined by
@@ -341,7 +393,7 @@ def convert_olympiadbench(rows: Iterable[dict], stats: Optional[dict] = None) ->
                 },
             )
         )
-    return _finish(items, "olympiadbench", "test", stats)
+    return _finish(items, "olympiadbench", "test", stats, prompt)
 
 
 CONVERTERS: dict[str, Callable[..., list[dict]]] = {
@@ -356,10 +408,10 @@ CONVERTERS: dict[str, Callable[..., list[dict]]] = {
 
 # ------------------------------------------------------------------------------------ loading
 def load_hub_rows(set_name: str, hub_id: Optional[str] = None) -> list[dict]:
-    """Rows of ``set_name`` from the hub via ``datasets.load_dataset`` (needs network/cache)."""
+    """Rows of ``set_name`` (or ``"math_test"``) from the hub via ``datasets.load_dataset``."""
     import datasets  # lazy: slow import, and only this path needs it
 
-    src = HUB_SOURCES[set_name]
+    src = MATH_TEST_SOURCE if set_name == MATH_TEST_LOCAL_NAME else HUB_SOURCES[set_name]
     repo = hub_id or src.repo_id
     if src.config is not None:
         ds = datasets.load_dataset(repo, src.config, split=src.split)
@@ -436,22 +488,43 @@ def build_set(
     return CONVERTERS[set_name](rows, stats=stats, **converter_kwargs)
 
 
+def _raw_rows(set_name: str, source_dir: Optional[str], hub_id: Optional[str]) -> list[dict]:
+    return load_local_rows(source_dir, set_name) if source_dir else load_hub_rows(set_name, hub_id)
+
+
 def prepare(
     out_dir: str,
     sets: Iterable[str] = ALL_SETS,
     source_dir: Optional[str] = None,
     hub_ids: Optional[dict] = None,
     train_levels: Iterable[int] = (3, 4, 5),
+    prompt: str = DEFAULT_PROMPT_STYLE,
+    train_set: str = DEFAULT_TRAIN_SET,
 ) -> dict[str, dict]:
-    """Write ``<out_dir>/<set>.parquet`` for each set; returns ``{set: {"path", "rows", ...stats}}``."""
+    """Write ``<out_dir>/<set>.parquet`` for each set; returns ``{set: {"path", "rows", ...stats}}``.
+
+    ``prompt``: a style of :mod:`verl_ext.data.prompts`; ``train_set``: one of :data:`TRAIN_SETS`.
+    """
+    if prompt not in PROMPT_STYLES:
+        raise ValueError(f"unknown prompt style {prompt!r}; choose from {', '.join(PROMPT_STYLES)}")
+    if train_set not in TRAIN_SETS:
+        raise ValueError(f"unknown train set {train_set!r}; choose from {', '.join(TRAIN_SETS)}")
     out_dir = os.path.expanduser(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     hub_ids = hub_ids or {}
     report: dict[str, dict] = {}
     for name in sets:
         stats: dict = {}
-        kwargs = {"levels": tuple(train_levels)} if name == "train" else {}
-        rows = build_set(name, source_dir=source_dir, hub_id=hub_ids.get(name), stats=stats, **kwargs)
+        kwargs: dict = {"prompt": prompt}
+        raw = None
+        if name == "train":
+            kwargs["levels"] = tuple(train_levels)
+            if train_set == "math_train_test":
+                raw = _raw_rows("train", source_dir, hub_ids.get("train"))
+                raw += _raw_rows(MATH_TEST_LOCAL_NAME, source_dir, hub_ids.get(MATH_TEST_LOCAL_NAME))
+                math500 = _raw_rows("math500", source_dir, hub_ids.get("math500"))
+                kwargs["exclude_problems"] = [_first(r, ("problem", "question")) for r in math500]
+        rows = build_set(name, rows=raw, source_dir=source_dir, hub_id=hub_ids.get(name), stats=stats, **kwargs)
         if not rows:
             raise RuntimeError(f"set {name!r} produced no rows ({stats})")
         path = write_rows(rows, os.path.join(out_dir, OUTPUT_FILES[name]))

@@ -1,0 +1,265 @@
+"""Quantities derived from a run's history: the accuracy column of a metric spec, cumulative
+backward passes, hours, validation curves, seed groups and interpolation at a budget."""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from launch import runmeta
+from launch.report.metadata import BENCHMARKS, METHOD_ORDER, METHOD_TITLE, MODEL_ORDER, Run
+
+EPS = 1e-12
+
+
+@dataclass
+class Options:
+    benchmarks: dict[str, str] = field(default_factory=lambda: dict(BENCHMARKS))
+    n: int | None = None
+    include_val_time: bool = False
+    interp: str = "linear"
+    #: statistic a bare data source (and "avg") stands for: "mean" = verl's mean@N (sampled pass@1),
+    #: "pass@<k>" = the unbiased pass@k the gxpo_sync trainer logs, "pass" = its largest logged k
+    stat: str = "mean"
+
+
+def resolve_metric(hist: pd.DataFrame, spec: str, n: int | None = None, stat: str = "mean") -> str | None:
+    """Column of ``hist`` for a metric spec (exact name, name without ``@N``, or a data source).
+
+    A bare data source means ``val-core/<ds>/acc/<stat>``: with ``stat="mean"``
+    ``val-core/<ds>/acc/mean@N`` (largest N, or ``n``), or ``val-core/<ds>/reward/mean@N`` when the
+    reward function returned no ``acc`` (verl then makes ``reward`` the core variable); with
+    ``stat="pass@16"`` that column exactly; ``stat="pass"`` the largest logged k."""
+    if spec in hist.columns:
+        return spec
+    if not spec.startswith("val-"):
+        if stat != "mean":
+            return resolve_metric(hist, f"val-core/{spec}/acc/{stat}", None)
+        return (resolve_metric(hist, f"val-core/{spec}/acc/mean", n)
+                or resolve_metric(hist, f"val-core/{spec}/reward/mean", n))
+    base = spec
+    if "@" in base.rsplit("/", 1)[-1]:
+        return base if base in hist.columns else None
+    if n is not None:
+        col = f"{base}@{n}"
+        return col if col in hist.columns else None
+    best = None
+    for col in hist.columns:
+        m = re.fullmatch(re.escape(base) + r"@(\d+)", col)
+        if m and (best is None or int(m.group(1)) > best[0]):
+            best = (int(m.group(1)), col)
+    return best[1] if best else None
+
+
+def backward_passes(run: Run) -> tuple[pd.Series, str]:
+    hist = run.hist
+    method = run.meta.get("method")
+    cols = [f"{method}/backward_passes"] + [f"{r}/backward_passes" for r in runmeta.RULES]
+    col = next((c for c in cols if c in hist.columns), None)
+    if col is None:
+        col = next((c for c in hist.columns if c.endswith("/backward_passes")), None)
+    if col is not None:
+        bp = hist[col].ffill()
+        bp[bp.index <= 0] = bp[bp.index <= 0].fillna(0.0)
+        return bp, "logged"
+    per = runmeta.backward_passes_per_update(method, run.meta.get("K")) or 1
+    inc = pd.Series(float(per), index=hist.index)
+    if method == "gxpo" and "gxpo/active" in hist.columns:
+        active = hist["gxpo/active"].ffill().fillna(1.0)
+        inc = pd.Series(np.where(active > 0.5, 3.0, 1.0), index=hist.index)
+    inc[inc.index <= 0] = 0.0
+    return inc.cumsum(), "nominal"
+
+
+def hours(run: Run, include_val_time: bool = False) -> pd.Series:
+    hist = run.hist
+    if "timing_s/step" in hist.columns:
+        sec = hist["timing_s/step"].fillna(0.0)
+        if include_val_time and "timing_s/testing" in hist.columns:
+            sec = sec + hist["timing_s/testing"].fillna(0.0)
+        sec[sec.index <= 0] = 0.0
+        return sec.cumsum() / 3600.0
+    if "_runtime" in hist.columns:
+        h = hist["_runtime"].ffill() / 3600.0
+        h[h.index <= 0] = 0.0
+        return h
+    return pd.Series(np.nan, index=hist.index)
+
+
+def metric_series(run: Run, spec: str, opts: Options) -> pd.Series:
+    """Accuracy (fraction) at the steps where the metric was logged."""
+    hist = run.hist
+    if spec == "avg":
+        cols = [resolve_metric(hist, ds, opts.n, opts.stat) for ds in opts.benchmarks]
+        cols = [c for c in cols if c]
+        if not cols:
+            return pd.Series(dtype=float)
+        return hist[cols].dropna(how="any").mean(axis=1)
+    col = resolve_metric(hist, spec, opts.n, opts.stat)
+    if col is None:
+        return pd.Series(dtype=float)
+    return hist[col].dropna()
+
+
+def curve(run: Run, spec: str, opts: Options) -> pd.DataFrame:
+    """DataFrame indexed by validation step: acc, bp, hours."""
+    acc = metric_series(run, spec, opts)
+    bp, _ = backward_passes(run)
+    hr = hours(run, opts.include_val_time)
+    return pd.DataFrame({"acc": acc, "bp": bp.reindex(acc.index), "hours": hr.reindex(acc.index)})
+
+
+@dataclass
+class Group:
+    key: tuple
+    runs: list[Run]
+
+    @property
+    def model(self) -> str:
+        return self.key[0]
+
+    @property
+    def method(self) -> str | None:
+        return self.key[1]
+
+    @property
+    def K(self):
+        return self.key[2]
+
+    @property
+    def alpha(self):
+        return self.key[3]
+
+    def label(self, show_alpha: bool = False) -> str:
+        title = METHOD_TITLE.get(self.method, str(self.method))
+        if self.method == "grpo" or self.K is None:
+            return title
+        out = f"{title} K={self.K}"
+        if show_alpha:
+            out += f" α={self.alpha:g}"
+        return out
+
+    def curve(self, spec: str, opts: Options) -> pd.DataFrame:
+        """Seed-averaged curve on the validation steps every seed has."""
+        curves = [curve(r, spec, opts) for r in self.runs]
+        curves = [c for c in curves if len(c)]
+        if not curves:
+            return pd.DataFrame(columns=["acc", "bp", "hours"])
+        if len(curves) == 1:
+            return curves[0]
+        steps = sorted(set.intersection(*[set(c.index) for c in curves]))
+        return sum(c.loc[steps] for c in curves) / len(curves)
+
+    def spread(self, spec: str, opts: Options) -> pd.DataFrame:
+        """Per validation step every seed has: ``acc`` (mean over seeds), ``acc_min``, ``acc_max``,
+        ``acc_std`` (population std; 0 for one seed), ``bp``, ``hours`` (seed means), ``seeds``."""
+        curves = [c for c in (curve(r, spec, opts) for r in self.runs) if len(c)]
+        cols = ["acc", "acc_min", "acc_max", "acc_std", "bp", "hours", "seeds"]
+        if not curves:
+            return pd.DataFrame(columns=cols)
+        steps = sorted(set.intersection(*[set(c.index) for c in curves]))
+        accs = np.stack([c.loc[steps, "acc"].to_numpy(float) for c in curves])
+        out = pd.DataFrame(index=pd.Index(steps, name="step"))
+        out["acc"] = accs.mean(axis=0)
+        out["acc_min"] = accs.min(axis=0)
+        out["acc_max"] = accs.max(axis=0)
+        out["acc_std"] = accs.std(axis=0)
+        for col in ("bp", "hours"):
+            out[col] = np.mean([c.loc[steps, col].to_numpy(float) for c in curves], axis=0)
+        out["seeds"] = len(curves)
+        return out
+
+
+_STAT_RE = re.compile(r"val-core/(?P<ds>.+)/(?P<var>acc|reward)/(?P<stat>mean|pass|best|maj)@(?P<n>\d+)(?P<tail>/mean)?")
+
+
+def _stat_words(stat: str, n: str | None = None) -> str:
+    if stat == "mean":
+        return "pass@1"
+    if stat.startswith("pass"):
+        k = n or stat.partition("@")[2]
+        return f"pass@{k}" if k else "pass@k"
+    return f"{stat}@{n}"
+
+
+def metric_label(spec: str, opts: Options) -> str:
+    """The metric in words for axis labels and headings, e.g. ``"Math-500 pass@1 (%)"``."""
+    if spec == "avg":
+        return f"Average {_stat_words(opts.stat)} over {len(opts.benchmarks)} benchmarks (%)"
+    if not spec.startswith("val-"):
+        return f"{opts.benchmarks.get(spec, spec)} {_stat_words(opts.stat)} (%)"
+    m = _STAT_RE.fullmatch(spec)
+    if m is None:
+        return f"{spec} (%)"
+    title = opts.benchmarks.get(m.group("ds"), m.group("ds"))
+    if m.group("var") == "reward":
+        return f"{title} mean reward over {m.group('n')} samples (x100)"
+    if m.group("stat") in ("best", "maj"):
+        return f"{title} {m.group('stat')}@{m.group('n')} (verl bootstrap, %)"
+    if m.group("stat") == "mean":
+        return f"{title} pass@1 (%, mean of {m.group('n')} samples)"
+    return f"{title} {_stat_words(m.group('stat'), m.group('n'))} (%)"
+
+
+def sort_key(key: tuple):
+    model, method, K, alpha = key
+    mi = MODEL_ORDER.index(model) if model in MODEL_ORDER else len(MODEL_ORDER)
+    return (mi, str(model), METHOD_ORDER.get(method, 9), K or 0, alpha or 0)
+
+
+def group_runs(runs: Sequence[Run]) -> list[Group]:
+    """Runs with the same (model, method, K, alpha) form one group; their curves are averaged."""
+    groups: dict[tuple, list[Run]] = {}
+    for r in runs:
+        groups.setdefault(r.key, []).append(r)
+    for key, members in groups.items():
+        seeds = [m.meta.get("seed") for m in members]
+        if len(members) > 1 and len(set(map(str, seeds))) < len(seeds):
+            warnings.warn(f"runs {[m.name for m in members]} share configuration {key} and seed(s) {seeds}: "
+                          "averaged as repeats (pass fewer --runs if they are copies of one run)")
+    return [Group(k, groups[k]) for k in sorted(groups, key=sort_key)]
+
+
+def _show_alpha(groups: Sequence[Group]) -> bool:
+    for g in groups:
+        if g.method in runmeta.DEFAULT_ALPHA and g.alpha is not None and \
+                not math.isclose(g.alpha, runmeta.DEFAULT_ALPHA[g.method]):
+            return True
+    return False
+
+
+def _base_cols(g: Group, show_alpha: bool) -> dict[str, Any]:
+    d = {"Model": g.model, "Method": METHOD_TITLE.get(g.method, str(g.method)),
+         "K": "–" if g.method == "grpo" or g.K is None else g.K}
+    if show_alpha:
+        d["α"] = "–" if g.method == "grpo" or g.alpha is None else g.alpha
+    return d
+
+
+def interp_at(x: np.ndarray, y: np.ndarray, budget: float, rule: str = "linear") -> float:
+    """Value of the curve (x ascending budgets, y accuracies) at ``budget``; NaN outside [x0, xn]."""
+    ok = ~(np.isnan(x) | np.isnan(y))
+    x, y = x[ok], y[ok]
+    if len(x) == 0:
+        return float("nan")
+    # a budget that stays equal over several validation points: keep the latest of them
+    order = np.argsort(x, kind="stable")
+    x, y = x[order], y[order]
+    keep = np.r_[x[1:] != x[:-1], True]
+    x, y = x[keep], y[keep]
+    if budget < x[0] - EPS or budget > x[-1] + EPS:
+        return float("nan")
+    if rule == "previous":
+        i = int(np.searchsorted(x, budget + EPS, side="right")) - 1
+        return float(y[max(i, 0)])
+    if rule != "linear":
+        raise ValueError(f"unknown interpolation rule {rule!r}")
+    return float(np.interp(budget, x, y))
+
+

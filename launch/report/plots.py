@@ -1,0 +1,82 @@
+"""Accuracy curves against training steps, backward passes and hours (matplotlib, Agg backend).
+
+One panel per model, one line per configuration (method, K, alpha). A configuration with several
+seeds is drawn as the seed mean with a shaded band from the lowest to the highest seed (on the
+validation steps all its seeds have). The y axis names the metric in words
+(:func:`launch.report.derive.metric_label`, e.g. "Math-500 pass@1 (%)"); GRPO's peak is dotted.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+from launch.report.derive import Group, Options, _show_alpha, metric_label
+from launch.report.markdown import slug
+
+AXES = (("step", "Training steps"), ("bp", "Backward passes (cumulative)"), ("hours", "Wall-clock hours (training)"))
+
+
+def make_figure(groups: Sequence[Group], spec: str, opts: Options, axis: str):
+    """The matplotlib figure of ``spec`` against ``axis`` ("step" | "bp" | "hours")."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xlabel = dict(AXES)[axis]
+    if axis == "hours" and opts.include_val_time:
+        xlabel = "Wall-clock hours (training + validation)"
+    show_alpha = _show_alpha(groups)
+    models = list(dict.fromkeys(g.model for g in groups))
+    ncol = min(2, max(1, len(models)))
+    nrow = max(1, math.ceil(len(models) / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(6 * ncol, 4 * nrow), squeeze=False)
+    ylabel = metric_label(spec, opts)
+    for ax, model in zip(axes.flat, models):
+        ref_peak = None
+        for g in (g for g in groups if g.model == model):
+            c = g.spread(spec, opts)
+            if c.empty:
+                continue
+            x = c.index.to_numpy(float) if axis == "step" else c[axis].to_numpy(float)
+            style = "--" if g.method == "sfpo" else "-"
+            lw = 2.2 if g.method == "grpo" else 1.4
+            seeds = int(c["seeds"].iloc[0])
+            label = g.label(show_alpha) + (f" (mean of {seeds} seeds, band: min-max)" if seeds > 1 else "")
+            (line,) = ax.plot(x, 100.0 * c["acc"].to_numpy(float), style, marker="o", ms=2.5, lw=lw, label=label,
+                              color="black" if g.method == "grpo" else None)
+            if seeds > 1:
+                ax.fill_between(x, 100.0 * c["acc_min"].to_numpy(float), 100.0 * c["acc_max"].to_numpy(float),
+                                color=line.get_color(), alpha=0.2, lw=0)
+            if g.method == "grpo":
+                cc = c[c.index >= 1]
+                if len(cc):
+                    ref_peak = 100.0 * float(cc["acc"].max())
+        if ref_peak is not None:
+            ax.axhline(ref_peak, color="gray", ls=":", lw=1, label="GRPO peak")
+        ax.set_title(model)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(models):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def plot_metric(groups: Sequence[Group], spec: str, opts: Options, out_dir: Path) -> list[Path]:
+    """``<out_dir>/<slug>_vs_{step,bp,hours}.png``; returns the paths written."""
+    import matplotlib.pyplot as plt
+
+    written = []
+    for axis, _ in AXES:
+        fig = make_figure(groups, spec, opts, axis)
+        path = Path(out_dir) / f"{slug(spec)}_vs_{axis}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
