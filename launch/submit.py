@@ -339,7 +339,7 @@ def submit(client, job: dict[str, Any]) -> str:
                            f"({', '.join(map(str, active))}); two jobs must not write one run directory "
                            f"(stop it with: ray job stop {active[0]})")
     try:
-        return client.submit_job(**job)
+        return _submit_retrying(client, job)
     except RuntimeError as exc:
         msg = str(exc).lower()
         if "already exists" not in msg and "already been used" not in msg:
@@ -350,7 +350,20 @@ def submit(client, job: dict[str, Any]) -> str:
         job["submission_id"] = f"{sid}-{job['metadata'].get('stamp') or run_layout.timestamp()}"
         print(f"[launch.submit] {sid!r} already ran on this cluster: resubmitting as {job['submission_id']!r} "
               "(same run directory, resumes from its latest checkpoint)", file=sys.stderr)
-        return client.submit_job(**job)
+        return _submit_retrying(client, job)
+
+
+def _submit_retrying(client, job: Mapping[str, Any], tries: int = 30, wait_s: float = 2.0) -> str:
+    """``submit_job``, retried while a freshly started head's job agent is not up yet (Ray answers
+    "No available agent to submit job, please try again later")."""
+    for attempt in range(tries):
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as exc:
+            if "try again later" not in str(exc).lower() or attempt == tries - 1:
+                raise
+            time.sleep(wait_s)
+    raise AssertionError("unreachable")
 
 
 def job_status(client, sid: str) -> str:

@@ -2,8 +2,9 @@
 
 Ray, TransferQueue, the agent loop with the HF rollout (weights synced every step), the arithmetic
 reward, the reference model (KL loss), GRPO advantages, the GXPO actor worker, validation and
-checkpoints -- then a resume from that checkpoint, and the same job through ``ray job submit`` to a
-locally started Ray head. Slow: about 1.5-2 minutes per run on 2 cores.
+checkpoints -- then a resume from that checkpoint, and the same job through a plain ``ray job submit``
+to a locally started Ray head (the launchers' path is tests/test_launch_cluster_e2e.py). Slow: about
+1.5-2 minutes per run on 2 cores.
 """
 
 from __future__ import annotations
@@ -11,15 +12,14 @@ from __future__ import annotations
 import glob
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 from proc_env import clean_env
+from ray_head import RAY, local_ray_head
 
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,41 +87,22 @@ def test_main_job_runs_every_stage_then_resumes(embedded, tmp_path):
     assert state4["gate"]["buffer"][:4] == state["gate"]["buffer"]  # the same rolling buffer, continued
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_ray_job_submit_to_local_head(embedded, tmp_path):
-    ray = os.path.join(os.path.dirname(sys.executable), "ray")
-    port, dash = _free_port(), _free_port()
-    import tempfile
-
-    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's unix-socket paths must stay short
-    # a private head for this test: no token auth (a ~/.ray/auth_token on the machine would turn it on)
-    env = clean_env(RAY_ADDRESS="", PYTHONUNBUFFERED="1", RAY_AUTH_MODE="disabled")
-    env.pop("RAY_ADDRESS")
-    subprocess.run([ray, "start", "--head", f"--port={port}", f"--dashboard-port={dash}", "--num-cpus=16",
-                    "--num-gpus=1", "--include-dashboard=true", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-                   env=env, check=True, capture_output=True, text=True, timeout=180)
-    try:
-        ckpt = str(tmp_path / "ckpt")
-        args = _common(embedded, ckpt, 1)
-        address = f"http://127.0.0.1:{dash}"
-        for _ in range(60):  # the job API comes up a little after `ray start` returns
-            if subprocess.run([ray, "job", "list", "--address", address], env=env, capture_output=True).returncode == 0:
-                break
-            time.sleep(2)
+def test_direct_ray_job_submit_warns_when_outputs_land_in_the_working_dir_copy(embedded, tmp_path):
+    """Plain ``ray job submit`` with the config's relative checkpoint dir: the run works, its outputs
+    land in Ray's temporary copy of the working dir -- and the driver says so, loudly."""
+    with local_ray_head() as head:
+        env, address = head["env"], head["address"]
+        args = [f"gxpo_embedded.dir={embedded}", "trainer.total_training_steps=1", "trainer.val_before_train=false",
+                "trainer.test_freq=-1", "trainer.save_freq=1"]
         proc = subprocess.run(
-            [ray, "job", "submit", "--address", address, "--working-dir", ROOT,
+            [RAY, "job", "submit", "--address", address, "--working-dir", ROOT,
              "--runtime-env-json", json.dumps({"excludes": [".git", ".venv", "tests/fixtures"]}),
              "--", sys.executable, "-m", "recipe.gxpo.main_gxpo", *args],
             env=env, capture_output=True, text=True, timeout=900,
         )
         log = proc.stdout + proc.stderr
         assert proc.returncode == 0 and "succeeded" in log.lower(), log[-8000:]
-        m = _metrics(ckpt)
-        assert 1 in m and m[1]["gxpo/backward_passes"] == 6
-    finally:
-        subprocess.run([ray, "stop", "--force"], env=dict(env, RAY_TMPDIR=temp_dir), capture_output=True, timeout=120)
+        assert "WARNING: this Ray job's outputs would land inside its working_dir copy" in log
+        runs = glob.glob(os.path.join(head["temp_dir"], "**", "working_dir_files", "*", "checkpoints", "*", "*"),
+                         recursive=True)
+        assert runs and 1 in _metrics(runs[0]) and _metrics(runs[0])[1]["gxpo/backward_passes"] == 6, runs

@@ -63,7 +63,8 @@ fi
 exit 0
 """)
     env = {"PATH": f"{bin_}:/usr/bin:/bin", "SLURM_JOB_NODELIST": "node[1-2]", "GPUS_PER_NODE": "4",
-           "PYTHON": "fakepython", "PROJECT_DIR": str(ROOT), "RAY_START_TIMEOUT": "30", "RAY_POLL_S": "0.2", "HOME": str(tmp_path)}
+           "PYTHON": "fakepython", "PROJECT_DIR": str(ROOT), "RAY_START_TIMEOUT": "30", "RAY_POLL_S": "0.2", "HOME": str(tmp_path),
+           "GXPO_LOG_DIR": str(tmp_path / "runs")}
     return tmp_path, env, log
 
 
@@ -87,6 +88,7 @@ def test_cluster_start_submit_teardown(fake_slurm):
     assert args[:2] == ["-m", "launch.submit"]
     assert args[args.index("--address") + 1] == "http://10.1.2.3:8265"
     assert "--wait" in args and args[args.index("--name") + 1] == "r1"
+    assert args[args.index("--log-dir") + 1] == str(tmp / "runs")  # the runs' outputs go to shared storage
     sep = args.index("--")
     assert args[sep + 1:] == ["method=gxpo_k5", "trainer.nnodes=2", "trainer.n_gpus_per_node=4"]
     calls = log.read_text()
@@ -110,11 +112,16 @@ def test_launcher_failure_is_propagated_and_topology_not_duplicated(fake_slurm):
 
 
 def test_usage_errors(fake_slurm):
-    _, env, _ = fake_slurm
+    tmp, env, _ = fake_slurm
     proc = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "usage" in proc.stderr
     proc = subprocess.run(["bash", str(SCRIPT), "train"], env=env, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "unknown launcher" in proc.stderr
+    no_dir = {k: v for k, v in env.items() if k != "GXPO_LOG_DIR"}
+    proc = subprocess.run(["bash", str(SCRIPT), "submit", "--name", "x"], env=no_dir, capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 2 and "set GXPO_LOG_DIR (or pass --log-dir)" in proc.stderr
+    assert not (tmp / "ray.pids").exists()  # refused before any Ray process started
     env = {k: v for k, v in env.items() if k != "SLURM_JOB_NODELIST"}
     proc = subprocess.run(["bash", str(SCRIPT), "submit"], env=env, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "sbatch" in proc.stderr

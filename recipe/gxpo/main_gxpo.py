@@ -101,10 +101,14 @@ def validate_gxpo_config(config: DictConfig):
 
 # ------------------------------------------------------------------------------------ worker env
 def _worker_env(config: DictConfig) -> DictConfig:
+    """The ``ray.init`` runtime env's ``env_vars`` node (created when missing)."""
     with open_dict(config):
-        ray_init = config.ray_kwargs.setdefault("ray_init", {})
-        runtime_env = ray_init.setdefault("runtime_env", {})
-        return runtime_env.setdefault("env_vars", {})
+        node = config.ray_kwargs
+        for key in ("ray_init", "runtime_env", "env_vars"):
+            if node.get(key) is None:
+                node[key] = {}
+            node = node[key]  # the DictConfig node (setdefault would return the plain default)
+        return node
 
 
 def _export_plugins(config: DictConfig) -> None:
@@ -113,7 +117,7 @@ def _export_plugins(config: DictConfig) -> None:
     inherited = env_vars.get("VERL_USE_EXTERNAL_MODULES") or os.environ.get("VERL_USE_EXTERNAL_MODULES", "")
     current = [m for m in str(inherited or "").split(",") if m]
     if PLUGIN_MODULES not in current:
-        with open_dict(config):
+        with open_dict(env_vars):
             env_vars["VERL_USE_EXTERNAL_MODULES"] = ",".join([*current, PLUGIN_MODULES])
 
 
@@ -126,7 +130,7 @@ def _fit_runtime_env_to_job(config: DictConfig) -> None:
     if not os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
         return
     env_vars = _worker_env(config)
-    with open_dict(config):
+    with open_dict(env_vars):
         for key in [k for k in env_vars if os.environ.get(k) == str(env_vars[k])]:
             env_vars.pop(key)
     os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
@@ -179,7 +183,7 @@ def prepare_outputs(config: DictConfig) -> str:
 
     Returns the metrics file."""
     env_vars = _worker_env(config)
-    with open_dict(config):
+    with open_dict(config), open_dict(env_vars):
         run_dir = os.path.abspath(os.path.expanduser(str(config.trainer.default_local_dir)))
         config.trainer.default_local_dir = run_dir
         loggers = config.trainer.get("logger") or []
