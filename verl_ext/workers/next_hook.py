@@ -185,6 +185,19 @@ class NExtHook:
         return True
 
 
+def check_next_config(config) -> None:
+    """Driver-side check of a composed trainer config: NExt needs LoRA adapters.
+
+    Raises :class:`ConfigError` naming ``actor_rollout_ref.actor.next.enable`` when it is on and
+    ``actor_rollout_ref.model.lora_rank`` is 0 (the worker would refuse at start-up).
+    """
+    arr = config.actor_rollout_ref
+    nxt = arr.actor.get("next", None) or {}
+    if nxt.get("enable", False) and int(arr.model.get("lora_rank", 0) or 0) <= 0:
+        raise ConfigError("actor_rollout_ref.actor.next.enable", True,
+                          "false unless actor_rollout_ref.model.lora_rank > 0 (NExt extrapolates LoRA adapters)")
+
+
 def build_next_hook(training_worker, cfg: NExtConfig, model_config) -> Optional[NExtHook]:
     """The hook for a LoRA actor's ``TrainingWorker`` (None when ``actor.next.enable`` is false).
 
@@ -200,4 +213,4 @@ def build_next_hook(training_worker, cfg: NExtConfig, model_config) -> Optional[
         return NExtHook(training_worker.engine.module, cfg)
 
 
-__all__ = ["NEXT_METRIC_PREFIX", "NEXT_STATE_FILE", "NExtHook", "build_next_hook"]
+__all__ = ["NEXT_METRIC_PREFIX", "NEXT_STATE_FILE", "NExtHook", "build_next_hook", "check_next_config"]
