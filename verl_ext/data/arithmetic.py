@@ -45,6 +45,7 @@ __all__ = [
     "enumerate_problems",
     "make_arithmetic_rows",
     "make_arithmetic_dataset",
+    "training_pool",
     "main",
 ]
 
@@ -95,6 +96,41 @@ def enumerate_problems(
     return probs
 
 
+def _split(n_val, seed, max_operand, ops, min_operand, allow_negative, held_out):
+    problems = enumerate_problems(max_operand, ops, min_operand, allow_negative)
+    rng = random.Random(seed)
+    rng.shuffle(problems)
+    if not held_out:
+        n_val = 0
+    if n_val >= len(problems):
+        raise ValueError(
+            f"n_val={n_val} leaves no training problems: only {len(problems)} distinct problems "
+            f"(raise max_operand or add ops)"
+        )
+    return problems[n_val:], problems[:n_val], rng
+
+
+def training_pool(
+    n_val: int = 32,
+    seed: int = 0,
+    max_operand: int = 9,
+    ops: Iterable[str] = ("+",),
+    min_operand: int = 0,
+    allow_negative: bool = False,
+    template: str = DEFAULT_TEMPLATE,
+    held_out: bool = True,
+    **_ignored,
+) -> list[tuple[str, str]]:
+    """The distinct training problems of a split as ``(question, answer)`` strings, in a fixed order.
+
+    Same arguments (and the same split) as :func:`make_arithmetic_rows`; the validation problems are
+    not in it. Extra keyword arguments (``n_train``) are accepted and ignored, so a data config can
+    be passed whole. Used by the supervised warm start (:mod:`verl_ext.models.warm_start`).
+    """
+    pool, _val, _rng = _split(n_val, seed, max_operand, ops, min_operand, allow_negative, held_out)
+    return [(template.format(a=a, op=op, b=b), str(r)) for a, op, b, r in pool]
+
+
 def _row(problem: tuple[int, str, int, int], split: str, index: int, template: str) -> dict:
     a, op, b, r = problem
     question = template.format(a=a, op=op, b=b)
@@ -129,18 +165,8 @@ def make_arithmetic_rows(
     """
     if n_train < 1 or n_val < 0:
         raise ValueError("need n_train >= 1 and n_val >= 0")
-    problems = enumerate_problems(max_operand, ops, min_operand, allow_negative)
-    rng = random.Random(seed)
-    rng.shuffle(problems)
-    if not held_out:
-        n_val = 0
-    if n_val >= len(problems):
-        raise ValueError(
-            f"n_val={n_val} leaves no training problems: only {len(problems)} distinct problems "
-            f"(raise max_operand or add ops)"
-        )
-    val = problems[:n_val]
-    pool = problems[n_val:]
+    pool, val, rng = _split(n_val, seed, max_operand, ops, min_operand, allow_negative, held_out)
+    problems = pool + val
     train: list = []
     order = list(pool)
     while len(train) < n_train:

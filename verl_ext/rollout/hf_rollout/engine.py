@@ -18,6 +18,7 @@ from .sampling import (
     GenerationResult,
     RowwiseSampler,
     RowwiseStop,
+    request_seed,
 )
 
 logger = logging.getLogger(__name__)
@@ -233,7 +234,11 @@ class HFGenerationEngine:
                 budget = min(budget, int(v))
         return max(0, int(budget))
 
-    def make_request(self, prompt_ids: list[int], sampling_params: dict) -> GenerationRequest:
+    def make_request(
+        self, prompt_ids: list[int], sampling_params: dict, seed_key: Optional[tuple] = None
+    ) -> GenerationRequest:
+        """One request; ``seed_key`` (e.g. ``(global_steps, request_id)``) gives it its own sampling
+        seed, :func:`~.sampling.request_seed` of ``rollout.seed``, the key and the prompt."""
         unknown = set(sampling_params) - _KNOWN_SAMPLING_KEYS - self._warned_unknown
         if unknown:
             self._warned_unknown |= unknown
@@ -251,6 +256,7 @@ class HFGenerationEngine:
             repetition_penalty=float(get("repetition_penalty", 1.0)),
             max_tokens=self.response_budget(len(prompt_ids), sampling_params),
             logprobs=bool(get("logprobs", False)),
+            seed=None if seed_key is None else request_seed(int(self.config.seed or 0), *seed_key, tuple(prompt_ids)),
         )
 
     @torch.no_grad()

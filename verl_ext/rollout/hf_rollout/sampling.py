@@ -1,8 +1,18 @@
 """Row-wise sampling for HF ``generate``: per-request temperature / top-k / top-p / repetition penalty,
-log-prob recording and per-request token budgets (torch and transformers only; no verl, no Ray)."""
+log-prob recording, per-request seeds and token budgets (torch and transformers only; no verl, no Ray).
+
+Seeded requests (``GenerationRequest.seed`` set) draw each token from their own ``torch.Generator``
+(one uniform number per token, inverse CDF of the processed distribution in float64), and the row is
+then handed to HF as a one-hot distribution like a greedy row. A seeded sample therefore depends only
+on its seed and on its own logits -- not on which other requests share its batch, their order, or
+the global torch RNG. The logits themselves can differ in the last bits between batch compositions
+(different padding and matmul shapes), which changes a token only when the uniform number falls
+within that rounding distance of a CDF boundary: reproducible in practice, not bit-guaranteed.
+Unseeded rows keep HF's multinomial on the global RNG."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from dataclasses import dataclass
 from typing import Optional
@@ -11,6 +21,13 @@ import torch
 from transformers import LogitsProcessor, StoppingCriteria
 
 LOGPROB_MODES = ("processed_logprobs", "raw_logprobs", "processed_logits", "raw_logits")
+
+
+def request_seed(base_seed: int, *parts) -> int:
+    """A 63-bit sampling seed from ``base_seed`` and the request's identifying parts (stable across
+    processes and runs: SHA-256 of their ``repr``, not Python's salted ``hash``)."""
+    digest = hashlib.sha256(repr((int(base_seed), *parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
 @dataclass
@@ -24,6 +41,7 @@ class GenerationRequest:
     repetition_penalty: float = 1.0
     max_tokens: int = 16
     logprobs: bool = False
+    seed: Optional[int] = None  # per-request sampling seed (see the module docstring); None: global RNG
 
 
 @dataclass
@@ -64,6 +82,12 @@ class RowwiseSampler(LogitsProcessor):
         self.any_want = bool(self.want.any())
         self.step_values: list[torch.Tensor] = []  # per step, (n,) value of the chosen token
         self._pending: Optional[torch.Tensor] = None
+        self.seeded = [i for i, r in enumerate(requests) if r.seed is not None and float(r.temperature) > 0]
+        self.generators = {}
+        for i in self.seeded:
+            g = torch.Generator(device="cpu")
+            g.manual_seed(int(requests[i].seed) & 0x7FFF_FFFF_FFFF_FFFF)
+            self.generators[i] = g
 
     def _apply_repetition_penalty(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         for i, p in enumerate(self.rep):
@@ -126,7 +150,27 @@ class RowwiseSampler(LogitsProcessor):
             argmax = raw.argmax(dim=-1, keepdim=True)
             onehot = torch.full_like(proc, float("-inf")).scatter(1, argmax, 0.0)
             proc = torch.where(self.greedy.unsqueeze(1), onehot, proc)
+        if self.seeded:
+            proc = self._sample_seeded(proc)
         return proc
+
+    def _sample_seeded(self, proc: torch.Tensor) -> torch.Tensor:
+        """Seeded rows: draw the token from the row's own generator, return it as a one-hot row."""
+        rows = torch.tensor(self.seeded, dtype=torch.long, device=proc.device)
+        cdf = proc.index_select(0, rows).double().softmax(dim=-1).cumsum(dim=-1).cpu()
+        u = torch.stack([torch.rand((), generator=self.generators[i], dtype=torch.float64) for i in self.seeded])
+        u = u * cdf[:, -1]
+        chosen = torch.searchsorted(cdf, u.unsqueeze(1), right=True).clamp(max=cdf.shape[1] - 1)
+        # never pick a zero-probability token (u landing exactly on a flat stretch of the CDF)
+        probs = proc.index_select(0, rows).softmax(dim=-1).cpu()
+        bad = probs.gather(1, chosen).squeeze(1) <= 0
+        if bool(bad.any()):
+            chosen[bad, 0] = probs[bad].argmax(dim=-1)
+        onehot = torch.full((len(self.seeded), proc.shape[1]), float("-inf"), dtype=proc.dtype)
+        onehot.scatter_(1, chosen, 0.0)
+        out = proc.clone()
+        out[rows] = onehot.to(proc.device)
+        return out
 
     def finalize(self, sequences: torch.LongTensor) -> Optional[torch.Tensor]:
         """Return the (n, steps) table of chosen-token values, or None if no row asked for them."""

@@ -128,7 +128,10 @@ class HFRolloutServer:
             if self._rejecting:
                 return TokenOutput(token_ids=[], log_probs=None, stop_reason="aborted", extra_fields=self._extra())
             await self._allowed.wait()
-        request = self.engine.make_request(list(prompt_ids), dict(sampling_params or {}))
+        # rollout.full_determinism: verl's agent loop sends stable ids ("det-<sample index>"), and each
+        # sample gets its own seed from (rollout.seed, training step, id, prompt) -- see sampling.py
+        seed_key = (self.global_steps, str(request_id)) if self.config.full_determinism and request_id else None
+        request = self.engine.make_request(list(prompt_ids), dict(sampling_params or {}), seed_key=seed_key)
         future = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(request, future))
         self._wake.set()
