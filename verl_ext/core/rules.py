@@ -134,6 +134,11 @@ class UpdateRule:
         self.decide.broadcast_from_first(t)
         return t.tolist()
 
+    def _broadcast_named(self, values: Mapping[str, float]) -> dict[str, float]:
+        """:meth:`_broadcast` of a named set of scalars (one collective)."""
+        names = list(values)
+        return dict(zip(names, self._broadcast([values[n] for n in names])))
+
     def _agree(self, flag: bool) -> bool:
         """A discrete choice every rank takes as the first rank of the decision group took it."""
         return bool(self._broadcast([float(flag)])[0])
@@ -203,8 +208,8 @@ class _GatedRule(UpdateRule):
         """Whether this update is active; the first rank's flag is broadcast so every rank agrees."""
         active = self.gate.begin_update(self.n_updates)
         if self.decide.enabled:
-            a, s = self._broadcast([float(self.gate.active), float(self.gate.shutoff_update)])
-            self.gate.active, self.gate.shutoff_update = bool(a), int(s)
+            d = self._broadcast_named({"active": float(self.gate.active), "shutoff_update": float(self.gate.shutoff_update)})
+            self.gate.active, self.gate.shutoff_update = bool(d["active"]), int(d["shutoff_update"])
             active = self.gate.active
         return active
 
@@ -213,15 +218,16 @@ class _GatedRule(UpdateRule):
         idx = self.n_updates if update_index is None else update_index
         if not self.decide.enabled:
             return self.gate.observe(value, idx)[1]
-        vals = [value, 0.0, float("nan"), -1.0, 0.0]
+        mine = {"value": value, "active": 0.0, "z": float("nan"), "shutoff_update": -1.0, "streak": 0.0}
         if self.decide.rank == 0:
             _, z = self.gate.observe(value, idx)
-            vals = [value, float(self.gate.active), z, float(self.gate.shutoff_update), float(self.gate.streak)]
-        v, active, z, shutoff, streak = self._broadcast(vals)
+            mine = {"value": value, "active": float(self.gate.active), "z": z,
+                    "shutoff_update": float(self.gate.shutoff_update), "streak": float(self.gate.streak)}
+        d = self._broadcast_named(mine)
         if self.decide.rank != 0:
-            self.gate.observe(v, idx)
-            self.gate.apply_decision(bool(active), z, int(shutoff), int(streak))
-        return z
+            self.gate.observe(d["value"], idx)
+            self.gate.apply_decision(bool(d["active"]), d["z"], int(d["shutoff_update"]), int(d["streak"]))
+        return d["z"]
 
     def _gate_metrics(self) -> dict[str, float]:
         return self._metric(shutoff_update=self.gate.shutoff_update)
@@ -350,7 +356,9 @@ class GXPORule(_GatedRule):
     after the second probe's step and the displacement in the parameters themselves, so g0 survives
     to the corrective pass for ``cos_g0_gcorr``. ``ratio_source: adam_direction`` adds one more
     buffer (theta1); ``optimizer_state: transactional`` adds one copy of the optimizer state (held
-    by the hooks, see :mod:`.policies`); ``diagnose_every`` adds, on diagnostic updates, one
+    by the hooks, see :mod:`.policies`); ``on_failure: standard_step`` keeps theta0 through the
+    corrective optimizer step (to restore it if that step is non-finite) while g0 is already freed,
+    so the peak stays at two buffers; ``diagnose_every`` adds, on diagnostic updates, one
     parameter copy and one optimizer-state copy. ``benchmarks/bench_core.py`` prints these bytes.
     """
 
