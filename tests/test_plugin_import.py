@@ -26,7 +26,7 @@ HEAVY = ("verl.workers.rollout", "verl.workers.rollout.base", "verl.workers.roll
 def _run(code: str, **env) -> dict:
     proc = subprocess.run(
         [sys.executable, "-W", "ignore", "-c", textwrap.dedent(code)],
-        capture_output=True, text=True, timeout=180, env=clean_env(**env), cwd=ROOT,
+        capture_output=True, text=True, timeout=600, env=clean_env(**env), cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
