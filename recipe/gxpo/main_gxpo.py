@@ -291,7 +291,7 @@ def _swept_overrides() -> list[tuple[str, str]]:
         return []
     hc = HydraConfig.get()
     parser = OverridesParser.create()
-    cli = [a for a in sys.argv[1:] if not a.startswith("-")]
+    cli = [a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]  # overrides, not Hydra's flags
     swept = [o.key_or_group for o in parser.parse_overrides(cli) if o.is_sweep_override()]
     swept += [k for k in (hc.sweeper.get("params") or {}) if k not in swept]
     values = {o.key_or_group: o.value() for o in parser.parse_overrides(list(hc.overrides.task))}
