@@ -364,7 +364,7 @@ def test_table1_grid_has_one_source():
     assert table1_grid.MODELS == params.base_model.split(",") == sweep.TABLE1_MODELS
     assert table1_grid.METHODS == params.method.split(",") == sweep.TABLE1_METHODS
     assert sum(len(v) for v in table1_grid.PAPER_ROWS.values()) == 24
-    assert cfg.gxpo_table1.experiment == table1_grid.EXPERIMENT == "paper_math"
+    assert table1_grid.PAPER_ROWS["llama3.2-3b"] == ["grpo", "sfpo_k3", "sfpo_k5", "gxpo_k3", "gxpo_k5"]
 
 
 def test_runmeta_defaults_are_the_dataclass_defaults():
