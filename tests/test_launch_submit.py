@@ -114,7 +114,7 @@ def test_dry_run_cli_and_quoting(tmp_path):
         [sys.executable, "-m", "launch.submit", "--name", "cli run", "--address", "10.0.0.5:8265", "--log-dir",
          str(tmp_path), "--no-env-passthrough", "--dry-run", "--", "actor_rollout_ref.actor.update_rule=sfpo",
          "actor_rollout_ref.actor.sfpo.K=5", "+trainer.tags=[a,b]"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={"PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
     assert "would submit to http://10.0.0.5:8265" in proc.stderr
     job = json.loads(proc.stdout)
