@@ -26,7 +26,7 @@ import torch
 from proc_env import clean_env
 from ray_head import local_ray_head
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VAL = "val-core/arithmetic/acc/mean@4"
 
