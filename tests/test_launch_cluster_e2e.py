@@ -92,7 +92,7 @@ def test_readme_cluster_steps_submit_resubmit_sweep_report(ray_head, embedded, t
 
     # 3. a sweep: one job per K, each in its own run directory
     _call(["-m", "launch.sweep", "--name-prefix", "kgrid", "--grid", "actor_rollout_ref.actor.gxpo.K=3,5",
-           "--max-concurrent", "1", *launch, "--", *_short(embedded, 1)], env)
+           "--max-concurrent", "1", *launch, "--", *_short(embedded, 1)], env, timeout=1800)
     for k in (3, 5):
         sweep_dir = os.path.join(logs, f"kgrid_tiny-qwen2_k{k}_s1")
         assert 1 in _metrics(sweep_dir) and os.path.isdir(os.path.join(sweep_dir, "global_step_1")), sweep_dir
@@ -120,7 +120,7 @@ def test_hydra_multirun_runs_every_job_in_its_own_run_dir(embedded, tmp_path):
     args = ["-m", "recipe.gxpo.main_gxpo", "-m", "actor_rollout_ref.actor.gxpo.K=3,5", *_short(embedded, 1),
             f"trainer.default_local_dir={ckpt}", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
     # the second job died today: the first job's Ray resources were still held in the same process
-    _call(args, env, cwd=str(tmp_path))
+    _call(args, env, cwd=str(tmp_path), timeout=1800)
     for k in (3, 5):
         job_dir = os.path.join(ckpt, f"k{k}")
         m = _metrics(job_dir)
