@@ -238,10 +238,14 @@ def build_runs(
         runs = [(name, head + ovs) for name, ovs in expand(grid, prefix=prefix)]
     cache: dict[tuple, dict] = {}
 
-    def named(name: str, ovs: list[str]) -> str:
+    def defaults() -> dict:  # composed once per sweep, and only when the names need it
         key = tuple(head + list(common))
-        return _with_model_and_seed(name, prefix, ovs + list(common), grid_keys, seed_key,
-                                    lambda: cache.setdefault(key, compose_defaults(key, seed_key)))
+        if key not in cache:
+            cache[key] = compose_defaults(key, seed_key)
+        return cache[key]
+
+    def named(name: str, ovs: list[str]) -> str:
+        return _with_model_and_seed(name, prefix, ovs + list(common), grid_keys, seed_key, defaults)
 
     runs = [(named(name, ovs), ovs) for name, ovs in runs]
     refuse_collisions([n for n, _ in runs])

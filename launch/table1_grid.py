@@ -1,9 +1,11 @@
 """The paper's Table 1 grid, read from its one source, ``conf/sweep/table1.yaml``.
 
-``MODELS`` (``conf/base_model`` options) x ``METHODS`` (``conf/method`` options), each run with
-``EXPERIMENT`` (a ``conf/experiment`` option); ``PAPER_ROWS[model]`` lists the methods the paper's
-printed table shows for that model (all of ``METHODS`` when the YAML does not restrict it).
-Used by ``launch.sweep --preset table1`` / ``launch.paper_table1`` and by ``launch.report``.
+``MODELS`` (``conf/base_model`` options) x ``METHODS`` (``conf/method`` options) come from that
+file's ``hydra.sweeper.params`` (what ``-m experiment=paper_math sweep=table1`` runs), each run
+with ``EXPERIMENT`` (a ``conf/experiment`` option). ``PAPER_ROWS[model]`` lists the methods the
+paper's printed table shows for that model (no K=10 for Qwen2.5-7B and Llama3.2-3B; their K=10
+runs appear in its Table 2). Used by ``launch.sweep --preset table1`` / ``launch.paper_table1`` and
+by ``launch.report``.
 """
 
 from __future__ import annotations
@@ -27,5 +29,8 @@ def _csv(text: str) -> list[str]:
 _RAW = _load()
 MODELS: list[str] = _csv(_RAW["hydra"]["sweeper"]["params"]["base_model"])
 METHODS: list[str] = _csv(_RAW["hydra"]["sweeper"]["params"]["method"])
-EXPERIMENT: str = _RAW["gxpo_table1"]["experiment"]
-PAPER_ROWS: dict[str, list[str]] = {m: list(_RAW["gxpo_table1"].get("paper_rows", {}).get(m, METHODS)) for m in MODELS}
+EXPERIMENT = "paper_math"
+_PRINTED_WITHOUT_K10 = ("qwen2.5-7b", "llama3.2-3b")
+PAPER_ROWS: dict[str, list[str]] = {
+    m: [x for x in METHODS if not (m in _PRINTED_WITHOUT_K10 and x.endswith("_k10"))] for m in MODELS
+}

@@ -17,21 +17,17 @@ from __future__ import annotations
 import glob
 import json
 import os
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 
 import pytest
 import torch
 
 from proc_env import clean_env
-from verl_ext.testing.cpu_worker import free_port
+from ray_head import local_ray_head
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 VAL = "val-core/arithmetic/acc/mean@4"
 
 
@@ -67,56 +63,10 @@ def embedded(tmp_path_factory):
     return str(tmp_path_factory.mktemp("embedded"))
 
 
-def _stop(head: subprocess.Popen) -> None:
-    """Stop the head we started, and only it: its whole process group (``ray stop`` would kill every
-    Ray on the machine)."""
-    for sig, wait_s in ((signal.SIGTERM, 60), (signal.SIGKILL, 30)):
-        try:
-            os.killpg(head.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            head.wait(timeout=wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 @pytest.fixture(scope="module")
 def ray_head():
-    """A private Ray head on loopback: random free ports, a short temp dir, logical CPUs/GPU; run with
-    ``--block`` in its own process group, so the teardown stops exactly what this test started."""
-    env = clean_env(PYTHONUNBUFFERED="1", RAY_AUTH_MODE="disabled", PYTHONPATH=ROOT)
-    env.pop("RAY_ADDRESS", None)
-    errors = []
-    for _ in range(3):  # a random port can be taken between choosing it and Ray binding it: retry with new ones
-        port, dash = free_port(), free_port()
-        temp_dir = tempfile.mkdtemp(prefix="rayc", dir="/tmp")  # Ray's unix-socket paths must stay short
-        log = open(os.path.join(temp_dir, "head.log"), "w")
-        head = subprocess.Popen([RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-                                 f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--num-cpus=16",
-                                 "--num-gpus=1", "--include-dashboard=true", f"--temp-dir={temp_dir}",
-                                 "--disable-usage-stats"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        address = f"http://127.0.0.1:{dash}"
-        for _ in range(120):  # the Jobs API comes up a little after the head
-            if head.poll() is not None:
-                break
-            if subprocess.run([RAY, "job", "list", "--address", address], env=env, capture_output=True).returncode == 0:
-                break
-            time.sleep(2)
-        if head.poll() is None:
-            break
-        log.close()
-        errors.append(open(os.path.join(temp_dir, "head.log")).read()[-3000:])
-        _stop(head)
-    else:
-        pytest.fail("ray start --head failed three times:\n" + "\n---\n".join(errors))
-    try:
-        yield {"address": address, "temp_dir": temp_dir, "env": env}
-    finally:
-        _stop(head)
-        log.close()
+    with local_ray_head(PYTHONPATH=ROOT) as head:
+        yield head
 
 
 def test_readme_cluster_steps_submit_resubmit_sweep_report(ray_head, embedded, tmp_path):
@@ -142,7 +92,7 @@ def test_readme_cluster_steps_submit_resubmit_sweep_report(ray_head, embedded, t
 
     # 3. a sweep: one job per K, each in its own run directory
     _call(["-m", "launch.sweep", "--name-prefix", "kgrid", "--grid", "actor_rollout_ref.actor.gxpo.K=3,5",
-           "--max-concurrent", "1", *launch, "--", *_short(embedded, 1)], env)
+           "--max-concurrent", "1", *launch, "--", *_short(embedded, 1)], env, timeout=1800)
     for k in (3, 5):
         sweep_dir = os.path.join(logs, f"kgrid_tiny-qwen2_k{k}_s1")
         assert 1 in _metrics(sweep_dir) and os.path.isdir(os.path.join(sweep_dir, "global_step_1")), sweep_dir
@@ -170,7 +120,7 @@ def test_hydra_multirun_runs_every_job_in_its_own_run_dir(embedded, tmp_path):
     args = ["-m", "recipe.gxpo.main_gxpo", "-m", "actor_rollout_ref.actor.gxpo.K=3,5", *_short(embedded, 1),
             f"trainer.default_local_dir={ckpt}", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
     # the second job died today: the first job's Ray resources were still held in the same process
-    _call(args, env, cwd=str(tmp_path))
+    _call(args, env, cwd=str(tmp_path), timeout=1800)
     for k in (3, 5):
         job_dir = os.path.join(ckpt, f"k{k}")
         m = _metrics(job_dir)

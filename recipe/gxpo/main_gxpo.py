@@ -1,22 +1,35 @@
 """Entry point of the GXPO recipe: ``python -m recipe.gxpo.main_gxpo [overrides]``.
 
 It is verl's own ``main_ppo`` flow -- Hydra config, ``run_ppo`` (Ray init, TaskRunner actor, v1
-trainer) -- with three differences, none of which edits verl:
+trainer) -- with these differences, none of which edits verl:
 
 1. the config is ``recipe/gxpo/config/gxpo_trainer.yaml`` (verl's ``ppo_trainer`` + the actor
    ``update_rule`` / ``gxpo`` / ``sfpo`` keys + the project's Hydra groups);
-2. the whole config is validated on the driver BEFORE Ray starts: the GXPO actor dataclass (every
-   bad ``update_rule``/``gxpo.*``/``sfpo.*`` value stops the run with its key, value and allowed
-   range) and then verl's own ``validate_config``;
-3. the TaskRunner is :class:`verl_ext.workers.task_runner.GXPOTaskRunner`, which registers the
+2. the whole config is validated on the driver BEFORE anything is built or Ray starts: the
+   project's keys (update rule, ``gxpo.*``/``sfpo.*`` ranges, the trainer mode, an actor strategy
+   of ``fsdp``/``fsdp2``, no ``base_model=`` preset on the embedded CPU experiment), then verl's own
+   ``validate_config``;
+3. the run's outputs live in one directory, ``trainer.default_local_dir`` (absolute): checkpoints,
+   the metrics JSONL (the ``file`` logger is always on) and wandb (offline unless ``WANDB_MODE`` is
+   set); a Ray job whose outputs would land in its working-dir copy warns loudly
+   (:func:`prepare_outputs`); a run that already finished is reported, not silently redone
+   (:func:`finished_run_note`);
+4. each job of a Hydra multirun (``-m``) gets its own run named from its swept values, and Ray is
+   shut down after each job (verl's ``run_ppo`` only calls ``ray.init`` when Ray is not running and
+   never shuts it down, so the next job would find the first job's resources still held);
+5. the TaskRunner is :class:`verl_ext.workers.task_runner.GXPOTaskRunner`, which registers the
    ``gxpo_sync`` trainer mode (verl's sync trainer with the GXPO actor worker) in its Ray actor,
    and ``VERL_USE_EXTERNAL_MODULES=verl_ext.plugins`` is added to the Ray runtime env so every
    worker loads the project's verl plugins even when the package is only on a job's working dir.
+   Inside a Ray job the env vars the job already sets are not repeated (Ray refuses to merge
+   runtime envs that both set a variable).
 
-On a cluster submit it like verl's entry (see ``launch/submit.py``)::
+On a cluster submit it with ``launch/submit.py`` (which gives the run a directory on shared
+storage), or like verl's entry with an explicit checkpoint directory::
 
     ray job submit --address http://HEAD:8265 --working-dir . -- \
-        python -m recipe.gxpo.main_gxpo experiment=paper_math base_model=qwen2.5-1.5b method=gxpo_k5
+        python -m recipe.gxpo.main_gxpo experiment=paper_math base_model=qwen2.5-1.5b method=gxpo_k5 \
+        trainer.default_local_dir=/shared/runs/qwen_gxpo_k5
 """
 
 from __future__ import annotations
@@ -278,7 +291,7 @@ def _swept_overrides() -> list[tuple[str, str]]:
         return []
     hc = HydraConfig.get()
     parser = OverridesParser.create()
-    cli = [a for a in sys.argv[1:] if not a.startswith("-")]
+    cli = [a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]  # overrides, not Hydra's flags
     swept = [o.key_or_group for o in parser.parse_overrides(cli) if o.is_sweep_override()]
     swept += [k for k in (hc.sweeper.get("params") or {}) if k not in swept]
     values = {o.key_or_group: o.value() for o in parser.parse_overrides(list(hc.overrides.task))}
