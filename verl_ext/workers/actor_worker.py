@@ -3,6 +3,9 @@
 verl's hybrid worker builds its actor from the class attribute ``actor_worker_cls``; this subclass
 swaps it and, once the actor exists, hands it the update rule from ``actor_rollout_ref.actor``
 (``update_rule``, ``gxpo``, ``sfpo``; see :class:`verl_ext.workers.config.GXPOActorConfig`).
+With ``actor.capo.enable`` the actor's loss gets CAPO's token mask (:mod:`.capo_loss`); with
+``actor.next.enable`` (LoRA) the worker holds a :class:`~.next_hook.NExtHook`, driven by the
+``next_step`` RPC and saved/restored with the actor checkpoint.
 Rollout, reference model, weight sync and checkpoint RPCs are verl's.
 """
 
