@@ -9,7 +9,8 @@ An update rule is applied to ONE fixed mini-batch, like ``torch.optim.Optimizer.
 * ``compute_grads(phase)`` zeroes the gradients and accumulates the gradient of the fixed mini-batch
   loss into ``.grad`` (all micro-batches). ``phase`` names the pass: ``plain`` (GRPO, after shutoff,
   fallback and forced plain steps), ``probe1``, ``probe2``, ``corrective``, ``fast`` / ``slow``
-  (SFPO), ``diagnostic`` (true-K diagnostic). It may return a mapping of scalars: ``entropy`` (global
+  (SFPO), ``diagnostic`` (true-K diagnostic); a closure that takes no argument is called without
+  one. It may return a mapping of scalars: ``entropy`` (global
   mean policy entropy of the pass) and ``grad_scale`` (the loss scale of a grad scaler; the rule
   treats ``.grad / grad_scale`` as the raw gradient; default 1).
 * ``optimizer_step()`` unscales and clips the gradients by their global norm, steps the optimizer
@@ -33,6 +34,7 @@ flag, z, shutoff update, fallback taken, forced plain step) is broadcast from th
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import warnings
@@ -58,6 +60,18 @@ __all__ = [
     "GRPORule", "SFPORule", "GXPORule", "UpdateRule", "TorchOptimizerState", "OptimizerStateHooks",
     "build_update_rule",
 ]
+
+
+def _takes_phase(fn) -> bool:
+    """Whether ``fn`` accepts the phase argument (closures written before phases existed take none)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins without a signature: assume the current interface
+        return True
+    for prm in sig.parameters.values():
+        if prm.kind in (prm.POSITIONAL_ONLY, prm.POSITIONAL_OR_KEYWORD, prm.VAR_POSITIONAL):
+            return True
+    return False
 
 
 def _finite(x: float) -> bool:
@@ -96,9 +110,13 @@ class UpdateRule:
         return local(params[0]).device
 
     def _grads(self, compute_grads: ComputeGrads, phase: str) -> Mapping[str, Any]:
-        aux = compute_grads(phase)
+        aux = self._call(compute_grads, phase)
         self.backward_passes += 1
         return aux or {}
+
+    @staticmethod
+    def _call(compute_grads: ComputeGrads, phase: str):
+        return compute_grads(phase) if _takes_phase(compute_grads) else compute_grads()
 
     def _opt(self, optimizer_step: OptimizerStep) -> float:
         n = optimizer_step()
@@ -115,6 +133,11 @@ class UpdateRule:
         t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self._device(self.params()))
         self.decide.broadcast_from_first(t)
         return t.tolist()
+
+    def _broadcast_named(self, values: Mapping[str, float]) -> dict[str, float]:
+        """:meth:`_broadcast` of a named set of scalars (one collective)."""
+        names = list(values)
+        return dict(zip(names, self._broadcast([values[n] for n in names])))
 
     def _agree(self, flag: bool) -> bool:
         """A discrete choice every rank takes as the first rank of the decision group took it."""
@@ -185,8 +208,8 @@ class _GatedRule(UpdateRule):
         """Whether this update is active; the first rank's flag is broadcast so every rank agrees."""
         active = self.gate.begin_update(self.n_updates)
         if self.decide.enabled:
-            a, s = self._broadcast([float(self.gate.active), float(self.gate.shutoff_update)])
-            self.gate.active, self.gate.shutoff_update = bool(a), int(s)
+            d = self._broadcast_named({"active": float(self.gate.active), "shutoff_update": float(self.gate.shutoff_update)})
+            self.gate.active, self.gate.shutoff_update = bool(d["active"]), int(d["shutoff_update"])
             active = self.gate.active
         return active
 
@@ -195,15 +218,16 @@ class _GatedRule(UpdateRule):
         idx = self.n_updates if update_index is None else update_index
         if not self.decide.enabled:
             return self.gate.observe(value, idx)[1]
-        vals = [value, 0.0, float("nan"), -1.0, 0.0]
+        mine = {"value": value, "active": 0.0, "z": float("nan"), "shutoff_update": -1.0, "streak": 0.0}
         if self.decide.rank == 0:
             _, z = self.gate.observe(value, idx)
-            vals = [value, float(self.gate.active), z, float(self.gate.shutoff_update), float(self.gate.streak)]
-        v, active, z, shutoff, streak = self._broadcast(vals)
+            mine = {"value": value, "active": float(self.gate.active), "z": z,
+                    "shutoff_update": float(self.gate.shutoff_update), "streak": float(self.gate.streak)}
+        d = self._broadcast_named(mine)
         if self.decide.rank != 0:
-            self.gate.observe(v, idx)
-            self.gate.apply_decision(bool(active), z, int(shutoff), int(streak))
-        return z
+            self.gate.observe(d["value"], idx)
+            self.gate.apply_decision(bool(d["active"]), d["z"], int(d["shutoff_update"]), int(d["streak"]))
+        return d["z"]
 
     def _gate_metrics(self) -> dict[str, float]:
         return self._metric(shutoff_update=self.gate.shutoff_update)
@@ -332,7 +356,9 @@ class GXPORule(_GatedRule):
     after the second probe's step and the displacement in the parameters themselves, so g0 survives
     to the corrective pass for ``cos_g0_gcorr``. ``ratio_source: adam_direction`` adds one more
     buffer (theta1); ``optimizer_state: transactional`` adds one copy of the optimizer state (held
-    by the hooks, see :mod:`.policies`); ``diagnose_every`` adds, on diagnostic updates, one
+    by the hooks, see :mod:`.policies`); ``on_failure: standard_step`` keeps theta0 through the
+    corrective optimizer step (to restore it if that step is non-finite) while g0 is already freed,
+    so the peak stays at two buffers; ``diagnose_every`` adds, on diagnostic updates, one
     parameter copy and one optimizer-state copy. ``benchmarks/bench_core.py`` prints these bytes.
     """
 
@@ -346,6 +372,11 @@ class GXPORule(_GatedRule):
         if clip_grad is not None and not (isinstance(clip_grad, (int, float)) and clip_grad > 0):
             raise ConfigError("clip_grad", clip_grad, "null or a number > 0")
         self.clip_grad = None if clip_grad is None else float(clip_grad)
+        if self.clip_grad is None and (c.ratio_source == "clipped" or c.gate_signal == "corrective_norm_clipped"):
+            warnings.warn(
+                f"gxpo: ratio_source={c.ratio_source!r} / gate_signal={c.gate_signal!r} use the clip factor, but "
+                "build_update_rule(clip_grad=None) was given: treated as no clipping (c = 1)", stacklevel=2,
+            )
         self.gate = ZScoreGate(
             mode=c.shutoff, window=c.window, warmup=c.warmup, threshold=c.z_threshold, eps=c.z_eps,
             shutoff_at=c.shutoff_at, two_sided=c.two_sided, stat=c.gate_stat, ema_omega=c.ema_omega,
@@ -671,7 +702,7 @@ class GXPORule(_GatedRule):
         hooks.restore(pre)
         self._restore(locs, theta0)
         for _ in range(c.K):
-            compute_grads("diagnostic")
+            self._call(compute_grads, "diagnostic")
             optimizer_step()
             self.diagnostic_passes += 1
         acc = Sums(("true_sq", "hat_err_sq", "tilde_err_sq", "hat_dot_true", "hat_sq"), dev)
