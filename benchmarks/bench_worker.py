@@ -1,4 +1,5 @@
-"""Actor-update time of GRPO, SFPO (N=3) and GXPO (active) through verl's real TrainingWorker, side by side.
+"""Actor-update time of GRPO, SFPO (N=3) and GXPO (active; variants paper_text and authors, and
+paper_text with ``optimizer_state=transactional``) through verl's real TrainingWorker, side by side.
 
 One process, the same random model and the same update batch for every rule; each rule's worker
 runs ``train_mini_batch`` (what ``update_actor`` runs) ``--repeats`` times, interleaved round-robin
@@ -45,6 +46,10 @@ def main() -> None:
         "sfpo": ["actor_rollout_ref.actor.update_rule=sfpo", "actor_rollout_ref.actor.sfpo.K=3",
                  "actor_rollout_ref.actor.sfpo.shutoff=never"],
         "gxpo": ["actor_rollout_ref.actor.update_rule=gxpo", "actor_rollout_ref.actor.gxpo.shutoff=never"],
+        "gxpo-authors": ["actor_rollout_ref.actor.update_rule=gxpo", "actor_rollout_ref.actor.gxpo.variant=authors",
+                         "actor_rollout_ref.actor.gxpo.shutoff=never"],
+        "gxpo-transactional": ["actor_rollout_ref.actor.update_rule=gxpo", "actor_rollout_ref.actor.gxpo.shutoff=never",
+                               "actor_rollout_ref.actor.gxpo.optimizer_state=transactional"],
     }
     actors = {}
     for name, ov in rules.items():
@@ -72,14 +77,16 @@ def main() -> None:
 
     print(f"device=cpu threads={torch.get_num_threads()} trainable params={n_params} "
           f"batch={args.prompts}x{args.n} sequences, response<= {args.response_length} tokens, repeats={args.repeats}")
-    print(f"{'rule':6} {'s/update':>9} {'x grpo':>7} {'passes':>7} {'x grpo / passes':>16} {'extra bytes / params':>21}")
+    print(f"{'rule':18} {'s/update':>9} {'x grpo':>7} {'passes':>7} {'x grpo / passes':>16} {'extra bytes / params':>21}")
     base = statistics.median(times["grpo"])
     for name, a in actors.items():
         med = statistics.median(times[name])
         rule = a.worker.rule
         passes = rule.backward_passes / rule.n_updates
         extra = rule.buffer_bytes() if hasattr(rule, "buffer_bytes") else (param_bytes if name == "sfpo" else 0)
-        print(f"{name:6} {med:>9.3f} {med / base:>7.2f} {passes:>7.1f} {med / base / passes:>16.3f} {extra / param_bytes:>21.2f}")
+        if name == "gxpo-transactional":  # plus the optimizer-state snapshot (AdamW: two fp32 moments per parameter)
+            extra += 2 * n_params * 4
+        print(f"{name:18} {med:>9.3f} {med / base:>7.2f} {passes:>7.1f} {med / base / passes:>16.3f} {extra / param_bytes:>21.2f}")
 
 
 if __name__ == "__main__":

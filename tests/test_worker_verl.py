@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
-from proc_env import clean_env, one_torch_thread
+from proc_env import one_torch_thread
 
 pytest.importorskip("verl")
 
@@ -22,9 +18,6 @@ from verl_ext.testing.cpu_worker import (  # noqa: E402
     parameter_snapshot,
 )
 from verl_ext.workers.training_worker import GXPOTrainingWorker  # noqa: E402
-
-HERE = os.path.dirname(__file__)
-
 
 @pytest.fixture(autouse=True)
 def _single_thread():
@@ -183,19 +176,4 @@ def test_save_load_continue_matches_uninterrupted(model_path, tmp_path, split_ca
     assert full.worker.rule.gate.shutoff_update == 3 and not full.worker.rule.gate.active
 
 
-@pytest.mark.slow
-def test_two_process_torchrun_gate_agreement(model_path, tmp_path):
-    """Two ranks (FSDP2, gloo): identical decisions; a trip forced on rank 0 only shuts off both at once."""
-    script = os.path.join(HERE, "scripts", "gxpo_worker_torchrun.py")
-    from verl_ext.testing.cpu_worker import free_port
-
-    env = clean_env(TINY_MODEL=model_path, OUT_DIR=str(tmp_path), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", script]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
-    r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
-    assert r0["active"] == r1["active"]
-    assert r0["gate"] == r1["gate"]
-    assert r0["gate"]["shutoff_update"] >= 2 and not r0["gate"]["active"]  # tripped after the warm-up of 2
-    assert r0["active"][0] == 1.0 and r0["active"][-1] == 0.0
+# the multi-process tests (gate agreement for every gate option, HSDP) are in tests/test_worker_distributed.py

@@ -287,7 +287,7 @@ class GXPOTrainingWorker(TrainingWorker):
 
         Counted over the whole data-parallel mini-batch (all-reduced), so every rank decides alike.
         """
-        frac = getattr(self.gxpo_config, "degenerate_skip_frac", None)
+        frac = self.gxpo_config.degenerate_skip_frac
         if self.update_rule_name != "gxpo" or frac is None:
             return False
         scores = response_scores(data)
@@ -314,9 +314,9 @@ class GXPOTrainingWorker(TrainingWorker):
         entropy_phases = set()
         if self.update_rule_name == "sfpo" and self.sfpo_config.shutoff == "adaptive":
             entropy_phases = {"fast", "slow", "plain"}
-        elif gx is not None and getattr(gx, "gate_signal", "corrective_norm") == "entropy":
+        elif gx is not None and gx.gate_signal == "entropy":
             entropy_phases = {"corrective"}
-        recompute = gx is not None and bool(getattr(gx, "recompute_old_log_probs", False))
+        recompute = gx is not None and bool(gx.recompute_old_log_probs)
         base_entropy = bool(tu.get(data, key="calculate_entropy", default=False))
         original_old = data["old_log_probs"] if recompute and "old_log_probs" in data.keys() else None
         passes: list[dict] = []
@@ -408,7 +408,7 @@ class GXPOTrainingWorker(TrainingWorker):
         at their last value."""
         output = super().train_mini_batch(data)
         rule = self.rule
-        step_metrics = rule.end_step() if rule is not None and hasattr(rule, "end_step") else {}
+        step_metrics = rule.end_step() if rule is not None else {}
         if output is not None:
             metrics = tu.get(output, "metrics")
             for k, v in (step_metrics or {}).items():
