@@ -37,6 +37,9 @@ def validate_update_rule(config: DictConfig):
     from verl_ext.workers.config import validate_actor_config
 
     actor_cfg = validate_actor_config(config.actor_rollout_ref.actor)
+    from verl_ext.tracking.console import console_mode
+
+    console_mode(config)  # trainer.console
     if not config.trainer.get("use_v1", True):
         raise ConfigError("trainer.use_v1", config.trainer.use_v1, "true (the GXPO worker plugs into verl's v1 trainer)")
     mode = config.trainer.v1.trainer_mode

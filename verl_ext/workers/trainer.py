@@ -59,6 +59,23 @@ class GXPOTrainerSync(PPOTrainerSync):
             metrics[key[len("actor/"):]] = metrics.pop(key)
         return out
 
+    def _install_console(self) -> None:
+        """``trainer.console=concise``: one line per step instead of verl's all-metrics console line
+        (verl builds its ``Tracking`` inside ``fit``, so this runs from the first hook after that)."""
+        from verl_ext.tracking.console import install_console
+
+        tracking = getattr(self, "logger", None)
+        if tracking is not None:
+            install_console(tracking, self.config, getattr(self, "total_training_steps", None))
+
+    def on_validate_begin(self):
+        self._install_console()
+        return super().on_validate_begin()
+
+    def on_train_begin(self):
+        self._install_console()
+        return super().on_train_begin()
+
     def _init_resource_pool_mgr(self):
         super()._init_resource_pool_mgr()
         for role in list(self.role_worker_mapping):
