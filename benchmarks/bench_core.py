@@ -3,7 +3,11 @@
 For each batch size: the time of one backward pass (forward + backward of the fixed mini-batch), one
 optimizer step, and the GXPO / SFPO rule's own work per active update (the rule's wall time minus
 the time spent inside its closures), plus the extra bytes the rule holds relative to the trainable
-parameters.
+parameters. GXPO runs once per option that changes its memory or work (both variants,
+``optimizer_state=transactional``, ``ratio_source=adam_direction``); the extra bytes of each option
+are printed separately: the parameter-sized snapshot buffers (two for ``carry``; three with
+``adam_direction``) and, for ``transactional``, the optimizer-state snapshot (AdamW: two moments
+per parameter plus step counts).
 
     python benchmarks/bench_core.py [--width 1024 --depth 4 --batches 512,4096 --repeats 5]
 """
@@ -16,7 +20,20 @@ import time
 
 import torch
 
-from verl_ext.core import GRPORule, GXPORule, SFPORule
+from verl_ext.core import GRPORule, GXPORule, SFPORule, TorchOptimizerState
+
+GXPO_OPTIONS = {
+    "gxpo": {},
+    "gxpo_authors": {"variant": "authors"},
+    "gxpo_authors_tx": {"variant": "authors", "optimizer_state": "transactional"},
+    "gxpo_adam_dir": {"ratio_source": "adam_direction"},
+}
+
+
+def snapshot_bytes(snapshot) -> int:
+    """Bytes of the tensors in a TorchOptimizerState snapshot."""
+    return sum(v.numel() * v.element_size() for st in snapshot["state"].values() for v in st.values()
+               if isinstance(v, torch.Tensor))
 
 
 def sync(dev):
@@ -61,22 +78,24 @@ def measure(rule_name, width, depth, batch, repeats, dev, host_buffers=False):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(batch, width, device=dev)
     y = torch.randn(batch, width, device=dev)
-    if rule_name == "gxpo":
-        rule = GXPORule(model.parameters(), {"K": 5, "shutoff": "never", "host_buffers": host_buffers})
+    hooks = TorchOptimizerState(opt)
+    if rule_name in GXPO_OPTIONS:
+        cfg = {"K": 5, "shutoff": "never", "host_buffers": host_buffers, **GXPO_OPTIONS[rule_name]}
+        rule = GXPORule(model.parameters(), cfg, clip_grad=1.0)
     elif rule_name == "sfpo":
         rule = SFPORule(model.parameters(), {"K": 3, "shutoff": "never"})
     else:
         rule = GRPORule(model.parameters())
     acc = {"pass": [], "opt": []}
     cg, st = timed_closures(model, opt, x, y, acc)
-    rule.step(cg, st)  # warm-up (allocator, kernels)
+    rule.step(cg, st, optimizer_state=hooks)  # warm-up (allocator, kernels)
     own, total, passes = [], [], []
     for _ in range(repeats):
         acc["pass"].clear()
         acc["opt"].clear()
         sync(dev)
         t = time.perf_counter()
-        rule.step(cg, st)
+        rule.step(cg, st, optimizer_state=hooks)
         sync(dev)
         dt = time.perf_counter() - t
         total.append(dt)
@@ -85,10 +104,13 @@ def measure(rule_name, width, depth, batch, repeats, dev, host_buffers=False):
     n_params = sum(p.numel() for p in model.parameters())
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     extra = rule.buffer_bytes() if isinstance(rule, GXPORule) else (param_bytes if isinstance(rule, SFPORule) else 0)
+    state_extra = 0
+    if isinstance(rule, GXPORule) and rule.config.optimizer_state == "transactional":
+        state_extra = snapshot_bytes(hooks.save())
     return {
         "rule": rule_name, "batch": batch, "params": n_params, "pass_s": statistics.median(passes),
         "own_s": statistics.median(own), "total_s": statistics.median(total), "extra_bytes": extra,
-        "param_bytes": param_bytes,
+        "state_bytes": state_extra, "param_bytes": param_bytes,
     }
 
 
@@ -102,15 +124,16 @@ def main():
     args = ap.parse_args()
     dev = torch.device(args.device)
     print(f"device={dev} torch={torch.__version__} threads={torch.get_num_threads()} width={args.width} depth={args.depth}")
-    print(f"{'rule':6} {'batch':>6} {'params':>10} {'1 pass ms':>10} {'rule own ms':>12} {'own/pass':>9} "
-          f"{'update ms':>10} {'x grpo':>7} {'extra/params':>13}")
+    print(f"{'rule':16} {'batch':>6} {'params':>10} {'1 pass ms':>10} {'rule own ms':>12} {'own/pass':>9} "
+          f"{'update ms':>10} {'x grpo':>7} {'extra/params':>13} {'buffer bytes':>13} {'opt-state bytes':>16}")
     for b in (int(v) for v in args.batches.split(",")):
-        rows = [measure(r, args.width, args.depth, b, args.repeats, dev) for r in ("grpo", "sfpo", "gxpo")]
+        rows = [measure(r, args.width, args.depth, b, args.repeats, dev) for r in ("grpo", "sfpo", *GXPO_OPTIONS)]
         base = rows[0]["total_s"]
         for r in rows:
-            print(f"{r['rule']:6} {r['batch']:>6} {r['params']:>10} {1e3 * r['pass_s']:>10.2f} {1e3 * r['own_s']:>12.2f} "
+            print(f"{r['rule']:16} {r['batch']:>6} {r['params']:>10} {1e3 * r['pass_s']:>10.2f} {1e3 * r['own_s']:>12.2f} "
                   f"{r['own_s'] / r['pass_s']:>9.3f} {1e3 * r['total_s']:>10.2f} {r['total_s'] / base:>7.2f} "
-                  f"{r['extra_bytes'] / r['param_bytes']:>13.2f}")
+                  f"{(r['extra_bytes'] + r['state_bytes']) / r['param_bytes']:>13.2f} {r['extra_bytes']:>13} "
+                  f"{r['state_bytes']:>16}")
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
             for hb in (False, True):

@@ -25,7 +25,7 @@ class Quadratic:
 def make_closures(params, loss_fn, optimizer, clip=None, counter=None, aux=None):
     """compute_grads / optimizer_step the way verl's engine behaves (clip, skip non-finite, keep .grad)."""
 
-    def compute_grads():
+    def compute_grads(phase="plain"):
         optimizer.zero_grad(set_to_none=False)
         loss_fn().backward()
         if counter is not None:

@@ -172,8 +172,12 @@ def test_main_config_without_groups_keeps_its_own_values(compose):
     assert actor.strategy == "fsdp2"
     assert actor.update_rule == "gxpo"
     assert (actor.gxpo.K, actor.gxpo.alpha, actor.gxpo.shutoff) == (5, 1.0, "adaptive")
-    assert (actor.gxpo.window, actor.gxpo.warmup, actor.gxpo.z_threshold) == (20, 10, 3.0)
-    assert (actor.gxpo.ratio_min, actor.gxpo.ratio_max) == (0.0, 1.0)
+    # the section-10 knobs are null in the YAML (= the variant's default); resolved they are the spec's
+    from verl_ext.core.config import GXPOConfig, build_config
+
+    gx = build_config(GXPOConfig, OmegaConf.to_container(actor.gxpo, resolve=True), "gxpo.")
+    assert (gx.variant, gx.window, gx.warmup, gx.z_threshold) == ("paper_text", 20, 10, 3.0)
+    assert (gx.ratio_min, gx.ratio_max) == (0.0, 1.0)
     assert (actor.sfpo.K, actor.sfpo.alpha, actor.sfpo.window, actor.sfpo.z_threshold) == (3, 0.8, 30, 1.0)
     # nothing from conf/ leaked in: verl's own defaults stand
     assert "gxpo_run" not in cfg
@@ -494,3 +498,55 @@ def test_project_reward_function_loads_if_present():
     from verl.utils.import_utils import load_extern_object
 
     assert callable(load_extern_object("pkg://verl_ext.rewards.math_reward", "compute_score"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Paper-protocol preset (the authors' run.sh, variant=authors)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_paper_protocol_follows_the_authors_script(compose, monkeypatch):
+    from verl_ext.core.config import VARIANT_DEFAULTS, GXPOConfig, build_config
+
+    cfg = compose("experiment=paper_protocol", "base_model=qwen2.5-1.5b", "method=gxpo_k5")
+    arr = cfg.actor_rollout_ref
+    actor, rollout, model = arr.actor, arr.rollout, arr.model
+    # run.sh values
+    assert (cfg.data.train_batch_size, rollout.n, actor.optim.lr) == (128, 5, 1e-7)
+    assert (model.lora_rank, model.lora_alpha) == (128, 256)
+    assert sorted(model.target_modules) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    assert (actor.use_kl_loss, actor.kl_loss_coef, actor.kl_loss_type) == (True, 0.001, "low_var_kl")
+    assert actor.clip_ratio == 0.2 and actor.optim.clip_grad == 1.0
+    assert (cfg.data.max_prompt_length, cfg.data.max_response_length) == (1024, 3072)
+    assert cfg.trainer.total_training_steps == 300
+    assert (rollout.val_kwargs.n, rollout.val_kwargs.temperature) == (16, 1.0)
+    assert actor.ppo_mini_batch_size == cfg.data.train_batch_size
+    # the authors' GXPO: variant, K from the method preset, alpha from the variant, EMA gate tau 0.5
+    gx = build_config(GXPOConfig, OmegaConf.to_container(actor.gxpo, resolve=True), "gxpo.")
+    assert (gx.variant, gx.K, gx.alpha) == ("authors", 5, 0.5)
+    assert (gx.gate_stat, gx.ema_omega, gx.z_threshold, gx.recompute_old_log_probs) == ("ema", 0.1, 0.5, True)
+    assert (gx.ratio_source, gx.ratio_min, gx.ratio_max) == ("clipped", -2.0, 3.0)
+    assert cfg.trainer.experiment_name == "paper_protocol_qwen2.5-1.5b_gxpo_k5_a0.5_s1"
+    # the YAML's alpha table agrees with the core's variant table
+    assert dict(arr.actor.gxpo._variant_alpha) == {"paper_text": VARIANT_DEFAULTS["alpha"][0],
+                                                   "authors": VARIANT_DEFAULTS["alpha"][1]}
+    # the other run.sh version's recompute flag is a plain override
+    other = compose("experiment=paper_protocol", "base_model=qwen2.5-1.5b", "method=gxpo_k5",
+                    "actor_rollout_ref.actor.gxpo.recompute_old_log_probs=false")
+    assert other.actor_rollout_ref.actor.gxpo.recompute_old_log_probs is False
+    _validate_with_verl(cfg, monkeypatch)
+
+
+def test_variant_on_the_command_line_changes_alpha_and_explicit_alpha_wins(compose):
+    from verl_ext.core.config import GXPOConfig, build_config
+
+    def resolved(*extra):
+        c = compose("experiment=paper_math", "base_model=qwen2.5-1.5b", "method=gxpo_k5", *extra)
+        return c, build_config(GXPOConfig, OmegaConf.to_container(c.actor_rollout_ref.actor.gxpo, resolve=True), "g.")
+
+    cfg, gx = resolved("actor_rollout_ref.actor.gxpo.variant=authors")
+    assert (gx.alpha, gx.ratio_source, gx.window, gx.z_threshold) == (0.5, "clipped", 30, 2.0)
+    assert cfg.trainer.experiment_name.endswith("_gxpo_k5_a0.5_s1")
+    _, gx = resolved("actor_rollout_ref.actor.gxpo.variant=authors", "actor_rollout_ref.actor.gxpo.alpha=0.8",
+                     "actor_rollout_ref.actor.gxpo.window=12")
+    assert (gx.alpha, gx.window, gx.warmup) == (0.8, 12, 30)

@@ -30,7 +30,7 @@ def test_corollary2_one_update_equals_K_plus_1_gd_steps(K):
     seen = {}
     passes = {"n": 0}
 
-    def spy():
+    def spy(phase="plain"):
         passes["n"] += 1
         if passes["n"] == 3:
             seen["theta_tilde"] = q.param.detach().clone()
@@ -176,7 +176,7 @@ def test_non_finite_probe_restores_theta0_and_counts(bad_pass):
     cg, st = make_closures([q.param], q.loss, opt)
     calls = {"n": 0}
 
-    def poisoned():
+    def poisoned(phase="plain"):
         calls["n"] += 1
         out = cg()
         if calls["n"] == bad_pass:
@@ -202,7 +202,7 @@ def test_non_finite_corrective_keeps_finite_params_and_does_not_feed_gate():
     cg, st = make_closures([q.param], q.loss, opt)
     calls = {"n": 0}
 
-    def poisoned():
+    def poisoned(phase="plain"):
         calls["n"] += 1
         out = cg()
         if calls["n"] == 3:

@@ -1,9 +1,10 @@
 """Sharding-aware helpers: local views of (D)Tensors and reductions over an optional process group.
 
 Per-coordinate math runs on each rank's local shard with no communication. Only scalars (sums of
-squares, dot products, counts) are all-reduced, and only rank 0's gate decision is broadcast. The
-group must be the one over which the shards are disjoint (FSDP's shard group); with no group, or a
-world of one, everything is local.
+squares, dot products, counts) are all-reduced -- over the group across which the shards are
+disjoint (FSDP's shard group) -- and only the first rank's decisions are broadcast, over the whole
+decision group (the actor group; under HSDP wider than the shard group). With no group, or a world
+of one, everything is local.
 """
 
 from __future__ import annotations
@@ -58,11 +59,6 @@ class Comm:
             dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
         return t
 
-    def all_reduce_max(self, t: torch.Tensor) -> torch.Tensor:
-        if self.enabled:
-            dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
-        return t
-
     def broadcast_from_first(self, t: torch.Tensor) -> torch.Tensor:
         if self.enabled:
             src = dist.get_global_rank(self.group, 0) if self.group is not None else 0
@@ -75,3 +71,22 @@ class Comm:
         out = [torch.empty_like(t) for _ in range(self.world_size)]
         dist.all_gather(out, t, group=self.group)
         return torch.cat(out)
+
+
+class Sums:
+    """Named float64 accumulators, all-reduced together in one collective.
+
+    ``s = Sums(("numel", "n_active"), device); s.add("numel", x); s.reduce(comm)["numel"]``.
+    """
+
+    def __init__(self, names: Iterable[str], device):
+        self.names = tuple(names)
+        self._index = {n: i for i, n in enumerate(self.names)}
+        self.t = torch.zeros(len(self.names), dtype=torch.float64, device=device)
+
+    def add(self, name: str, value) -> None:
+        self.t[self._index[name]] += value
+
+    def reduce(self, comm: "Comm") -> dict[str, float]:
+        comm.all_reduce_sum(self.t)
+        return dict(zip(self.names, self.t.tolist()))

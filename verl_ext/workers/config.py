@@ -3,7 +3,10 @@
 ``actor_rollout_ref.actor._target_: verl_ext.workers.config.GXPOActorConfig`` makes verl build this
 dataclass (on the driver and on every worker) instead of its ``FSDPActorConfig``. It adds
 ``update_rule`` and the ``gxpo`` / ``sfpo`` sections, validated on construction with errors that
-name the full key (``actor_rollout_ref.actor.gxpo.K``), the value and what is allowed.
+name the full key (``actor_rollout_ref.actor.gxpo.K``), the value and what is allowed. The ``gxpo``
+section becomes a :class:`~verl_ext.core.config.GXPOConfig` with every section-10 knob resolved
+from ``gxpo.variant`` (null in the YAML = the variant's default; an explicit value wins), so the
+driver and every worker read the same final values (``actor.gxpo.resolved()``).
 """
 
 from __future__ import annotations

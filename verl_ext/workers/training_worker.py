@@ -115,7 +115,7 @@ class GXPOTrainingWorker(TrainingWorker):
             tu.assign_non_tensor(data, calculate_entropy=True)
         last: dict[str, Any] = {}
 
-        def compute_grads():
+        def compute_grads(phase="plain"):
             engine.optimizer_zero_grad()
             out = engine.forward_backward_batch(data, self.loss_fn, forward_only=False)
             last["outputs"] = out
