@@ -91,7 +91,9 @@ def test_default_preset_validates_on_held_out_problems():
     val_q = {r["prompt"][0]["content"] for r in val}
     assert not val_q & {q for q, _ in ar.training_pool(**data)}
     assert not val_q & {r["prompt"][0]["content"] for r in train}
-    assert "${gxpo_embedded.version}" in cfg.actor_rollout_ref.model.path  # versioned cache key
+    version = cfg.gxpo_embedded.version  # versioned cache key: part of every asset path
+    for path in (cfg.actor_rollout_ref.model.path, cfg.data.train_files, cfg.data.val_files):
+        assert f"/{version}/" in path
 
 
 # ---------------------------------------------------------------------------------------------
