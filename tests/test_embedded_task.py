@@ -191,5 +191,6 @@ def test_warm_start_improves_under_grpo_and_random_model_does_not(built):
     r_before = _expected_reward(rand, tok, problems)
     rewards = _grpo_steps(rand, tok, problems, steps=4)
     r_after = _expected_reward(rand, tok, problems)
-    assert r_before < 0.01 and max(rewards) == 0.0  # never rewarded: every advantage is zero
-    assert r_after < 0.01
+    # almost never rewarded (a lucky digit now and then): no signal to learn from in a few steps
+    assert r_before < 0.01 and sum(rewards) / len(rewards) < 0.05
+    assert r_after < 0.01 and r_after - r_before < 0.005
