@@ -1,113 +1,370 @@
-"""GRPO vs SFPO vs GXPO side by side on the recipe's default task -- the paper's Table 2 / Figure 3 in miniature.
+"""GRPO vs SFPO vs GXPO on the recipe's embedded task, several seeds, with error bars -- Table 2 / Figure 3 in miniature.
 
-    python -m recipe.gxpo.compare --out runs/compare [--steps 60] [--methods grpo,sfpo,gxpo] [-- overrides]
+    python -m recipe.gxpo.compare --seeds 3 [--steps 60] [--out runs/compare]
+        [--rows grpo,sfpo,gxpo_paper_text,gxpo_authors] [--report-only] [-- hydra overrides]
 
-Runs ``python -m recipe.gxpo.main_gxpo`` once per update rule, one after another, with the same
-config and seeds (data order, model init) except ``actor_rollout_ref.actor.update_rule``; then
-``launch.report`` turns their logs into a table (final and peak validation accuracy; steps,
-backward passes and seconds to reach GRPO's peak; the GXPO/SFPO shutoff update) and PNG plots of
-validation accuracy against steps, backward passes and wall-clock. Nothing is asserted: it reports.
+Runs ``python -m recipe.gxpo.main_gxpo`` once per (row, seed), one after another, with the same
+config except the row's update-rule overrides and ``data.seed`` (which the embedded preset also
+feeds to the rollout's per-sample seeds and the actor's mini-batch shuffle): for one seed every row
+starts from the same model, sees the same first batch and the same step-0 validation samples, so
+curves differ only through the updates. Then it reads each run's metrics JSONL (verl's file logger)
+and writes to ``--out``:
+
+* ``summary.md`` / ``summary.json``: per row, mean +- 95% t-interval over seeds of the final and the
+  peak validation accuracy; the steps, backward passes (BP) and training seconds (sum of
+  ``timing_s/step``, validation excluded) at which the run first reached GRPO's peak of the same
+  seed -- per seed, and the mean over the seeds that reached it, with "k/N reached" (a run that never
+  reached it is counted as not reached, not dropped silently); the GXPO/SFPO shutoff update per
+  seed; a paired comparison with GRPO (per-seed differences of final and peak accuracy, their mean
+  +- 95% interval, and in how many seeds the row beat GRPO);
+* ``compare.png``: mean validation curve per row (band: min..max over seeds) against steps, BP and
+  training seconds (x of a point: the mean over seeds at that evaluation step).
+
+Rows: ``grpo``, ``sfpo``, ``gxpo`` (the configured GXPO), ``gxpo_paper_text`` and ``gxpo_authors``
+(``actor.gxpo.variant=...``; offered only when the config has that knob, otherwise the default row
+list falls back to ``gxpo``). Nothing is asserted: it reports.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
+import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Optional
 
-METRIC = "val-core/arithmetic/acc/mean@4"
-DEFAULT_KNOBS = {"grpo": {}, "sfpo": {"K": 3, "alpha": 0.8}, "gxpo": {"K": 5, "alpha": 1.0}}
+ROWS: dict[str, list[str]] = {
+    "grpo": ["actor_rollout_ref.actor.update_rule=grpo"],
+    "sfpo": ["actor_rollout_ref.actor.update_rule=sfpo"],
+    "gxpo": ["actor_rollout_ref.actor.update_rule=gxpo"],
+    "gxpo_paper_text": ["actor_rollout_ref.actor.update_rule=gxpo", "actor_rollout_ref.actor.gxpo.variant=paper_text"],
+    "gxpo_authors": ["actor_rollout_ref.actor.update_rule=gxpo", "actor_rollout_ref.actor.gxpo.variant=authors"],
+}
+VARIANT_ROWS = ("gxpo_paper_text", "gxpo_authors")
+DEFAULT_ROWS = ("grpo", "sfpo", "gxpo_paper_text", "gxpo_authors")
+
+# two-sided 95% Student-t quantiles t_{0.975, df}
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
 
 
-def run_method(method: str, out: Path, steps: int, overrides: list[str]) -> Path:
-    run_dir = out / method
-    run_dir.mkdir(parents=True, exist_ok=True)
-    args = [
-        f"actor_rollout_ref.actor.update_rule={method}", f"trainer.default_local_dir={run_dir}",
-        f"trainer.experiment_name=compare_{method}", f"trainer.total_training_steps={steps}",
-        "trainer.resume_mode=disable", *overrides,
+# ---------------------------------------------------------------------------------------------
+# metrics files (verl's file logger: one {"step": int, "data": {...}} object a line)
+# ---------------------------------------------------------------------------------------------
+
+
+def read_run(run_dir: str) -> dict[int, dict]:
+    """step -> merged metrics of every ``metrics*.jsonl`` in ``run_dir`` (later files win on a step)."""
+    steps: dict[int, dict] = {}
+    for path in sorted(glob.glob(os.path.join(run_dir, "metrics*.jsonl"))):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a killed run
+                data = rec.get("data", {})
+                step = rec.get("step", data.get("training/global_step"))
+                if step is None:
+                    continue
+                steps.setdefault(int(step), {}).update(data)
+    return dict(sorted(steps.items()))
+
+
+def _finite(v) -> Optional[float]:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return float(v) if math.isfinite(v) else None
+
+
+def val_key(steps: dict[int, dict]) -> Optional[str]:
+    keys = sorted({k for d in steps.values() for k in d if k.startswith("val-core/") and "/acc/mean@" in k})
+    return keys[0] if keys else None
+
+
+def run_curve(steps: dict[int, dict], rule: str, metric: Optional[str] = None) -> dict:
+    """Validation points of one run: ``{"step": [...], "acc": [...], "bp": [...], "seconds": [...]}``
+    plus ``shutoff`` (the last logged ``<rule>/shutoff_update``; None when not logged or negative)."""
+    metric = metric or val_key(steps)
+    out = {"step": [], "acc": [], "bp": [], "seconds": [], "shutoff": None, "metric": metric}
+    bp, seconds = 0.0, 0.0
+    for step, d in steps.items():
+        seconds += _finite(d.get("timing_s/step")) or 0.0
+        b = _finite(d.get(f"{rule}/backward_passes"))
+        bp = b if b is not None else bp
+        s = _finite(d.get(f"{rule}/shutoff_update"))
+        if s is not None:
+            out["shutoff"] = int(s) if s >= 0 else None
+        acc = _finite(d.get(metric)) if metric else None
+        if acc is not None:
+            out["step"].append(step)
+            out["acc"].append(acc)
+            out["bp"].append(bp)
+            out["seconds"].append(seconds)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# statistics
+# ---------------------------------------------------------------------------------------------
+
+
+def t975(df: int) -> float:
+    if df <= 0:
+        return float("nan")
+    known = [k for k in sorted(_T975) if k <= df]
+    return _T975[known[-1]] if df <= 30 else 1.96
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """(mean, half-width of the two-sided 95% Student-t interval); half-width nan for one value."""
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return float("nan"), float("nan")
+    m = sum(vals) / len(vals)
+    if len(vals) < 2:
+        return m, float("nan")
+    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
+    return m, t975(len(vals) - 1) * sd / math.sqrt(len(vals))
+
+
+def first_reach(curve: dict, target: float) -> Optional[dict]:
+    """The first validation point with accuracy >= ``target`` (step, bp, seconds), or None."""
+    for i, acc in enumerate(curve["acc"]):
+        if acc >= target - 1e-12:
+            return {"step": curve["step"][i], "bp": curve["bp"][i], "seconds": curve["seconds"][i]}
+    return None
+
+
+def summarize(curves: dict[str, dict[int, dict]]) -> dict:
+    """curves[row][seed] -> per-row statistics (see the module docstring). Needs a ``grpo`` row."""
+    grpo = curves["grpo"]
+    out = {}
+    for row, by_seed in curves.items():
+        seeds = sorted(by_seed)
+        final = {s: by_seed[s]["acc"][-1] if by_seed[s]["acc"] else None for s in seeds}
+        peak = {s: max(by_seed[s]["acc"]) if by_seed[s]["acc"] else None for s in seeds}
+        reach = {}
+        for s in seeds:
+            g = grpo.get(s)
+            target = max(g["acc"]) if g and g["acc"] else None
+            reach[s] = first_reach(by_seed[s], target) if target is not None else None
+        reached = [r for r in reach.values() if r is not None]
+        paired_final = [final[s] - grpo[s]["acc"][-1] for s in seeds if s in grpo and grpo[s]["acc"] and final[s] is not None]
+        paired_peak = [peak[s] - max(grpo[s]["acc"]) for s in seeds if s in grpo and grpo[s]["acc"] and peak[s] is not None]
+        out[row] = {
+            "seeds": seeds,
+            "step0": {s: by_seed[s]["acc"][0] if by_seed[s]["step"] and by_seed[s]["step"][0] == 0 else None for s in seeds},
+            "final": final, "final_mean_ci": mean_ci(list(final.values())),
+            "peak": peak, "peak_mean_ci": mean_ci(list(peak.values())),
+            "reach": reach, "reached": f"{len(reached)}/{len(seeds)}",
+            "reach_mean": {k: (sum(r[k] for r in reached) / len(reached) if reached else None) for k in ("step", "bp", "seconds")},
+            "shutoff": {s: by_seed[s]["shutoff"] for s in seeds},
+            "paired_final_diff": mean_ci(paired_final), "paired_peak_diff": mean_ci(paired_peak),
+            "wins_final": f"{sum(d > 0 for d in paired_final)}/{len(paired_final)}",
+            "ties_final": sum(d == 0 for d in paired_final),
+        }
+    return out
+
+
+def _pm(mc: tuple[float, float], digits: int = 3) -> str:
+    m, h = mc
+    if m != m:
+        return "-"
+    return f"{m:.{digits}f}" + ("" if h != h else f" ± {h:.{digits}f}")
+
+
+def _num(v, digits=0) -> str:
+    return "not reached" if v is None else f"{v:.{digits}f}"
+
+
+def markdown(stats: dict, metric: str, steps: int, wall: dict) -> str:
+    n = max(len(s["seeds"]) for s in stats.values())
+    lines = [
+        f"Validation metric `{metric}`, {steps} training steps, {n} seeds; ± is the 95% Student-t interval over seeds.",
+        "\"to GRPO peak\": first evaluation at which the run reaches the peak accuracy of GRPO with the same seed "
+        "(mean over the seeds that reached it; k/N = how many did). Seconds: training time (sum of timing_s/step).",
+        "",
+        "| row | step-0 acc | final acc | peak acc | reached GRPO peak | steps to it | BP to it | seconds to it | shutoff update (per seed) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    meta = {"model": "tiny-qwen2 (arithmetic)", "method": method, **DEFAULT_KNOBS[method]}
-    for o in overrides:  # K / alpha overrides for the run's label
-        key, _, val = o.partition("=")
-        if key == f"actor_rollout_ref.actor.{method}.K":
-            meta["K"] = int(val)
-        if key == f"actor_rollout_ref.actor.{method}.alpha":
-            meta["alpha"] = float(val)
-    (run_dir / "meta.json").write_text(json.dumps(meta))
-    print(f"[compare] {method}: python -m recipe.gxpo.main_gxpo {' '.join(args)}", flush=True)
+    for row, s in stats.items():
+        step0 = [v for v in s["step0"].values() if v is not None]
+        st0 = f"{sum(step0) / len(step0):.3f}" if step0 else "-"
+        rm = s["reach_mean"]
+        shut = ", ".join("never" if s["shutoff"][k] is None else str(s["shutoff"][k]) for k in s["seeds"]) if row != "grpo" else "-"
+        lines.append(
+            f"| {row} | {st0} | {_pm(s['final_mean_ci'])} | {_pm(s['peak_mean_ci'])} | {s['reached']} | "
+            f"{_num(rm['step'], 1)} | {_num(rm['bp'], 0)} | {_num(rm['seconds'], 0)} | {shut} |"
+        )
+    lines += ["", "Per seed -- steps / BP / seconds to GRPO's peak:", "", "| row | " + " | ".join(f"seed {k}" for k in stats["grpo"]["seeds"]) + " |",
+              "|---|" + "---|" * len(stats["grpo"]["seeds"])]
+    for row, s in stats.items():
+        cells = []
+        for k in stats["grpo"]["seeds"]:
+            r = s["reach"].get(k)
+            cells.append("not reached" if r is None else f"{r['step']} / {r['bp']:.0f} / {r['seconds']:.0f}s")
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    lines += ["", "Paired with GRPO (same seed): mean difference ± 95% interval, and seeds where the row's final accuracy is higher:", "",
+              "| row | final acc − GRPO | peak acc − GRPO | final higher than GRPO |", "|---|---|---|---|"]
+    for row, s in stats.items():
+        if row == "grpo":
+            continue
+        lines.append(f"| {row} | {_pm(s['paired_final_diff'])} | {_pm(s['paired_peak_diff'])} | {s['wins_final']} (ties {s['ties_final']}) |")
+    if wall:
+        total = sum(wall.values())
+        lines += ["", f"Wall-clock of the runs (each a full main job: Ray start, training, validation): total {total / 60:.1f} min; "
+                  + ", ".join(f"{k} {v / 60:.1f} min" for k, v in wall.items())]
+    return "\n".join(lines) + "\n"
+
+
+def plot(curves: dict[str, dict[int, dict]], path: Path, metric: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for row, by_seed in curves.items():
+        runs = [c for c in by_seed.values() if c["acc"]]
+        if not runs:
+            continue
+        common = sorted(set.intersection(*[set(c["step"]) for c in runs]))
+        if not common:
+            continue
+        idx = [{st: i for i, st in enumerate(c["step"])} for c in runs]
+        ys = [[c["acc"][m[st]] for c, m in zip(runs, idx)] for st in common]
+        mean_y = [sum(v) / len(v) for v in ys]
+        lo, hi = [min(v) for v in ys], [max(v) for v in ys]
+        for ax, xkey, xlabel in zip(axes, ("step", "bp", "seconds"), ("training step", "backward passes", "training seconds")):
+            xs = [sum(c[xkey][m[st]] for c, m in zip(runs, idx)) / len(runs) for st in common]
+            (line,) = ax.plot(xs, mean_y, marker="o", ms=3, label=f"{row} (n={len(runs)})")
+            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
+            ax.set_xlabel(xlabel)
+    axes[0].set_ylabel(f"validation accuracy\n({metric})")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Embedded task: mean over seeds (band: min..max)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# running
+# ---------------------------------------------------------------------------------------------
+
+
+def config_has_variant(overrides: list[str]) -> bool:
+    """Does the recipe's composed config have ``actor.gxpo.variant`` (the GXPO variants knob)?"""
+    from hydra import compose, initialize_config_dir
+
+    conf_dir = str(Path(__file__).resolve().parent / "config")
+    with initialize_config_dir(config_dir=conf_dir, version_base=None):
+        cfg = compose(config_name="gxpo_trainer", overrides=list(overrides))
+    return "variant" in cfg.actor_rollout_ref.actor.gxpo
+
+
+def rule_of(row: str) -> str:
+    for o in ROWS[row]:
+        if o.startswith("actor_rollout_ref.actor.update_rule="):
+            return o.split("=", 1)[1]
+    return row
+
+
+def run_one(row: str, seed: int, out: Path, steps: int, overrides: list[str]) -> tuple[Path, float]:
+    run_dir = out / row / f"seed{seed}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for old in glob.glob(str(run_dir / "metrics*.jsonl")):
+        os.remove(old)
+    args = [
+        *ROWS[row], f"data.seed={seed}", f"trainer.default_local_dir={run_dir}",
+        f"trainer.experiment_name=compare_{row}_s{seed}", f"trainer.total_training_steps={steps}",
+        "trainer.resume_mode=disable", "trainer.save_freq=-1", *overrides,
+    ]
+    (run_dir / "meta.json").write_text(json.dumps({"row": row, "seed": seed, "overrides": args}, indent=1))
+    print(f"[compare] {row} seed {seed}: python -m recipe.gxpo.main_gxpo {' '.join(args)}", flush=True)
+    t0 = time.time()
     with open(run_dir / "stdout.log", "w") as log:
         proc = subprocess.run([sys.executable, "-m", "recipe.gxpo.main_gxpo", *args], stdout=log, stderr=subprocess.STDOUT)
+    wall = time.time() - t0
     if proc.returncode != 0:
-        raise SystemExit(f"[compare] {method} failed (exit {proc.returncode}); see {run_dir / 'stdout.log'}")
-    return run_dir
+        raise SystemExit(f"[compare] {row} seed {seed} failed (exit {proc.returncode}); see {run_dir / 'stdout.log'}")
+    (run_dir / "wall_s.txt").write_text(f"{wall:.1f}\n")
+    print(f"[compare] {row} seed {seed}: done in {wall / 60:.1f} min", flush=True)
+    return run_dir, wall
 
 
-def shutoff_of(run_dir: Path, method: str) -> str:
-    from recipe.gxpo.summary import read_metrics
-
-    rows = read_metrics(str(run_dir))
-    vals = [r[f"{method}/shutoff_update"] for r in rows if f"{method}/shutoff_update" in r]
-    if method == "grpo" or not vals:
-        return "-"
-    return "never" if vals[-1] < 0 else f"update {int(vals[-1])}"
-
-
-def summary_table(report: dict, runs: dict[str, Path]) -> str:
-    t2 = report["table2"][METRIC]
-    lines = ["| method | final acc | peak acc | steps to GRPO peak | BPs to GRPO peak | seconds to GRPO peak | shutoff |",
-             "|---|---|---|---|---|---|---|"]
-    finals = {}
-    for g in report["groups"]:
-        c = g.curve(METRIC, _opts())
-        finals[g.method] = float(c["acc"].iloc[-1]) if len(c) else float("nan")
-    for _, row in t2.iterrows():
-        m = str(row["Method"]).lower()
-
-        def fmt(v, scale=1.0):
-            return "not reached" if v != v else f"{v * scale:.0f}"
-
-        lines.append(
-            f"| {row['Method']} | {finals.get(m, float('nan')):.3f} | {row['Peak Acc.']:.3f} | "
-            f"{fmt(row['Steps to match GRPO'])} | {fmt(row['BPs to match GRPO'])} | "
-            f"{fmt(row['Hours to match GRPO'], 3600)} | {shutoff_of(runs[m], m)} |"
-        )
-    return "\n".join(lines)
-
-
-def _opts():
-    from launch.report import Options
-
-    return Options(benchmarks={"arithmetic": "Arithmetic"})
+def report(out: Path, rows: list[str], seeds: list[int], steps: int) -> str:
+    curves: dict[str, dict[int, dict]] = {}
+    wall: dict[str, float] = {}
+    metric = None
+    for row in rows:
+        curves[row] = {}
+        for s in seeds:
+            run_dir = out / row / f"seed{s}"
+            data = read_run(str(run_dir))
+            if not data:
+                continue
+            c = run_curve(data, rule_of(row))
+            metric = metric or c["metric"]
+            curves[row][s] = c
+            w = run_dir / "wall_s.txt"
+            if w.exists():
+                wall[f"{row}/s{s}"] = float(w.read_text())
+    if not curves.get("grpo"):
+        raise SystemExit(f"[compare] no GRPO metrics under {out / 'grpo'}: GRPO is the reference row")
+    stats = summarize(curves)
+    md = markdown(stats, metric or "?", steps, wall)
+    (out / "summary.md").write_text(md)
+    (out / "summary.json").write_text(json.dumps({"metric": metric, "steps": steps, "stats": stats, "curves": curves, "wall_s": wall},
+                                                 indent=1, default=str))
+    plot(curves, out / "compare.png", metric or "?")
+    return md
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/compare")
+    ap.add_argument("--seeds", type=int, default=3, help="number of seeds (data.seed = 1..N)")
     ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--methods", default="grpo,sfpo,gxpo")
-    ap.add_argument("--report-only", action="store_true", help="rebuild the table/plots from existing runs")
+    ap.add_argument("--rows", default=None, help=f"comma list of {', '.join(ROWS)} (default: {', '.join(DEFAULT_ROWS)})")
+    ap.add_argument("--report-only", action="store_true", help="rebuild summary and plot from existing runs")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides applied to every run (after --)")
     args = ap.parse_args(argv)
+    if args.seeds < 1 or args.steps < 1:
+        ap.error("--seeds and --steps must be >= 1")
     out = Path(args.out).resolve()
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    bad = [m for m in methods if m not in DEFAULT_KNOBS]
-    if bad or "grpo" not in methods:
-        ap.error(f"--methods={args.methods!r}: allowed grpo, sfpo, gxpo, and grpo must be included (the reference)")
-    runs = {}
-    for m in methods:
-        runs[m] = out / m if args.report_only else run_method(m, out, args.steps, args.overrides)
-
-    from launch.report import build_report
-
-    report = build_report([str(p) for p in runs.values()], out / "report", metrics=[METRIC], opts=_opts())
-    table = summary_table(report, runs)
-    (out / "summary.md").write_text(table + "\n")
-    print(table)
-    print(f"\nplots and tables: {out / 'report'}  (report.md, plots/*.png)")
+    out.mkdir(parents=True, exist_ok=True)
+    if args.rows:
+        rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    else:
+        rows = list(DEFAULT_ROWS)
+        if not args.report_only and not config_has_variant(args.overrides):
+            print("[compare] this config has no actor.gxpo.variant knob: one 'gxpo' row instead of the two variants", flush=True)
+            rows = [r for r in rows if r not in VARIANT_ROWS] + ["gxpo"]
+    bad = [r for r in rows if r not in ROWS]
+    if bad or "grpo" not in rows:
+        ap.error(f"--rows={args.rows!r}: allowed {', '.join(ROWS)}, and grpo must be included (the reference)")
+    seeds = list(range(1, args.seeds + 1))
+    if not args.report_only:
+        t0 = time.time()
+        for s in seeds:  # seed-major: a partial compare still has every row for the first seeds
+            for row in rows:
+                run_one(row, s, out, args.steps, args.overrides)
+        print(f"[compare] all runs done in {(time.time() - t0) / 60:.1f} min", flush=True)
+    md = report(out, rows, seeds, args.steps)
+    print(md)
+    print(f"summary: {out / 'summary.md'}  plot: {out / 'compare.png'}")
     return 0
 
 

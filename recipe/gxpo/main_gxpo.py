@@ -66,6 +66,9 @@ def validate_update_rule(config: DictConfig):
         raise ConfigError("actor_rollout_ref.actor.strategy", strategy,
                           " | ".join(STRATEGIES) + " (the GXPO actor worker drives verl's FSDP engine)")
     actor_cfg = validate_actor_config(config.actor_rollout_ref.actor)
+    from verl_ext.tracking.console import console_mode
+
+    console_mode(config)  # trainer.console
     if not config.trainer.get("use_v1", True):
         raise ConfigError("trainer.use_v1", config.trainer.use_v1, "true (the GXPO worker plugs into verl's v1 trainer)")
     mode = config.trainer.v1.trainer_mode

@@ -91,6 +91,23 @@ class GXPOTrainerSync(PPOTrainerSync):
         out = self.actor_rollout_wg.next_step(self.global_steps)
         metrics.update(out[0] if isinstance(out, list) else out)
 
+    def _install_console(self) -> None:
+        """``trainer.console=concise``: one line per step instead of verl's all-metrics console line
+        (verl builds its ``Tracking`` inside ``fit``, so this runs from the first hook after that)."""
+        from verl_ext.tracking.console import install_console
+
+        tracking = getattr(self, "logger", None)
+        if tracking is not None:
+            install_console(tracking, self.config, getattr(self, "total_training_steps", None))
+
+    def on_validate_begin(self):
+        self._install_console()
+        return super().on_validate_begin()
+
+    def on_train_begin(self):
+        self._install_console()
+        return super().on_train_begin()
+
     def _init_resource_pool_mgr(self):
         super()._init_resource_pool_mgr()
         for role in list(self.role_worker_mapping):

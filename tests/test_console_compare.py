@@ -1,0 +1,115 @@
+"""The concise console backend and the compare command's reader / statistics (pure, no runs)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from omegaconf import OmegaConf
+
+from recipe.gxpo import compare
+from verl_ext.tracking.console import ConciseConsole, format_step, install_console
+
+
+def _cfg(console="concise", rule="gxpo"):
+    return OmegaConf.create({"trainer": {"console": console}, "actor_rollout_ref": {"actor": {"update_rule": rule}}})
+
+
+def test_format_step_one_readable_line():
+    data = {"critic/score/mean": 0.40625, "gxpo/backward_passes": 12.0, "gxpo/shutoff_update": -1.0,
+            "timing_s/step": 2.345, "actor/pg_loss": 0.1, **{f"junk/{i}": i for i in range(150)}}
+    line = format_step(data, 4, 60, "gxpo")
+    assert line == "[gxpo] step  4/60 | reward 0.406 | gxpo active, 12 BP | 2.35 s/step"
+    data.update({"gxpo/shutoff_update": 14.0, "val-core/arithmetic/acc/mean@4": 0.5125})
+    assert format_step(data, 10, 60, "gxpo").endswith("gxpo shutoff@upd 14, 12 BP | 2.35 s/step | val 0.512")
+    assert format_step({"val-core/arithmetic/acc/mean@4": 0.3}, 0, 60, "grpo") == "[gxpo] step  0/60 | val 0.300"
+    assert format_step({"grpo/backward_passes": 2.0}, 1, None, "grpo") == "[gxpo] step   1 | grpo 2 BP"
+
+
+def test_install_console_swaps_only_verls_console_backend(tmp_path, monkeypatch):
+    from verl.utils.tracking import Tracking
+
+    monkeypatch.setenv("VERL_FILE_LOGGER_PATH", str(tmp_path / "m.jsonl"))
+    tracking = Tracking("p", "e", default_backend=["console", "file"])
+    file_backend = tracking.logger["file"]
+    assert install_console(tracking, _cfg(), 60)
+    assert isinstance(tracking.logger["console"], ConciseConsole)
+    assert tracking.logger["file"] is file_backend
+    assert not install_console(tracking, _cfg(), 60)  # idempotent
+    tracking.log({"critic/score/mean": 0.5, "x": 1.0}, step=1)
+    tracking.finish()
+    rows = [json.loads(line) for line in open(tmp_path / "m.jsonl")]
+    assert rows[-1]["data"]["x"] == 1.0  # the file still gets every metric
+
+    full = Tracking("p", "e", default_backend=["console"])
+    assert not install_console(full, _cfg("full"), 60)
+    assert not isinstance(full.logger["console"], ConciseConsole)
+
+
+def test_bad_console_mode_names_key_and_allowed():
+    from verl_ext.core.config import ConfigError
+    from verl_ext.tracking.console import console_mode
+
+    with pytest.raises(ConfigError, match="trainer.console"):
+        console_mode(_cfg("loud"))
+
+
+# ---------------------------------------------------------------------------------------------
+# compare
+# ---------------------------------------------------------------------------------------------
+
+
+def _write_run(path, rule, accs, bp_per_step, sec_per_step=2.0, shutoff=None, test_freq=2):
+    path.mkdir(parents=True)
+    with open(path / "metrics-1.jsonl", "w") as f:
+        f.write(json.dumps({"step": 0, "data": {"val-core/arithmetic/acc/mean@4": accs[0]}}) + "\n")
+        f.write("{broken line\n")
+        for step in range(1, (len(accs) - 1) * test_freq + 1):
+            d = {"timing_s/step": sec_per_step, f"{rule}/backward_passes": float(bp_per_step * step)}
+            if shutoff is not None:
+                d[f"{rule}/shutoff_update"] = float(shutoff)
+            if step % test_freq == 0:
+                d["val-core/arithmetic/acc/mean@4"] = accs[step // test_freq]
+            f.write(json.dumps({"step": step, "data": d}) + "\n")
+
+
+def test_reader_curve_and_statistics(tmp_path):
+    _write_run(tmp_path / "grpo" / "seed1", "grpo", [0.3, 0.4, 0.5, 0.45], 2)
+    _write_run(tmp_path / "grpo" / "seed2", "grpo", [0.3, 0.35, 0.4, 0.42], 2)
+    _write_run(tmp_path / "gxpo" / "seed1", "gxpo", [0.3, 0.5, 0.55, 0.5], 6, shutoff=3)
+    _write_run(tmp_path / "gxpo" / "seed2", "gxpo", [0.3, 0.36, 0.38, 0.41], 6, shutoff=-1)
+    c = compare.run_curve(compare.read_run(str(tmp_path / "gxpo" / "seed1")), "gxpo")
+    assert c["step"] == [0, 2, 4, 6] and c["acc"] == [0.3, 0.5, 0.55, 0.5]
+    assert c["bp"] == [0.0, 12.0, 24.0, 36.0] and c["seconds"] == [0.0, 4.0, 8.0, 12.0] and c["shutoff"] == 3
+
+    curves = {row: {s: compare.run_curve(compare.read_run(str(tmp_path / row / f"seed{s}")), row) for s in (1, 2)}
+              for row in ("grpo", "gxpo")}
+    st = compare.summarize(curves)
+    g, x = st["grpo"], st["gxpo"]
+    assert g["reach"][1] == {"step": 4, "bp": 8.0, "seconds": 8.0}  # GRPO reaches its own peak at its argmax
+    assert x["reach"][1] == {"step": 2, "bp": 12.0, "seconds": 4.0}  # 0.5 >= GRPO's 0.5 at step 2
+    assert x["reach"][2] is None and x["reached"] == "1/2"  # 0.41 < 0.42: not reached, counted
+    assert x["reach_mean"]["step"] == 2
+    assert x["shutoff"] == {1: 3, 2: None}
+    m, h = x["final_mean_ci"]
+    assert m == pytest.approx(0.455) and h == pytest.approx(12.706 * math.sqrt(((0.5 - 0.455) ** 2 + (0.41 - 0.455) ** 2)) / math.sqrt(2))
+    assert x["paired_final_diff"][0] == pytest.approx(((0.5 - 0.45) + (0.41 - 0.42)) / 2)
+    assert x["wins_final"] == "1/2"
+    md = compare.markdown(st, "val-core/arithmetic/acc/mean@4", 6, {})
+    assert "not reached" in md and "| gxpo | 0.300 |" in md
+
+
+def test_report_writes_summary_and_plot(tmp_path):
+    for s in (1, 2, 3):
+        _write_run(tmp_path / "grpo" / f"seed{s}", "grpo", [0.3, 0.4, 0.5], 2)
+        _write_run(tmp_path / "sfpo" / f"seed{s}", "sfpo", [0.3, 0.45, 0.48], 4, shutoff=-1)
+    md = compare.report(tmp_path, ["grpo", "sfpo"], [1, 2, 3], 4)
+    assert (tmp_path / "summary.md").read_text() == md
+    assert (tmp_path / "compare.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "summary.json").read_text())["stats"]["sfpo"]["reached"] == "0/3"
+
+
+def test_t_quantiles():
+    assert compare.t975(2) == pytest.approx(4.303) and compare.t975(100) == pytest.approx(1.96)
+    assert compare.mean_ci([0.5])[1] != compare.mean_ci([0.5])[1]  # nan for one seed

@@ -1,0 +1,1 @@
+"""Tracking backends that plug into verl's ``verl.utils.tracking.Tracking`` (see :mod:`.console`)."""
