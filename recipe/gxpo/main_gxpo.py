@@ -69,6 +69,11 @@ def validate_update_rule(config: DictConfig):
     from verl_ext.tracking.console import console_mode
 
     console_mode(config)  # trainer.console
+    from verl_ext.workers.next_hook import check_next_config
+    from verl_ext.metrics.pass_at_k import parse_pass_at_k_setting
+
+    check_next_config(config)  # NExt needs LoRA adapters
+    parse_pass_at_k_setting(config.trainer.get("val_pass_at_k"))  # trainer.val_pass_at_k
     if not config.trainer.get("use_v1", True):
         raise ConfigError("trainer.use_v1", config.trainer.use_v1, "true (the GXPO worker plugs into verl's v1 trainer)")
     mode = config.trainer.v1.trainer_mode
