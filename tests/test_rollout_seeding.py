@@ -83,3 +83,40 @@ def test_seeded_rows_sample_from_the_processed_distribution(engine):
     firsts = [o.token_ids[0] for o in outs]
     assert set(firsts) <= top2
     assert len(set(firsts)) == 2
+
+
+def test_server_gives_repeated_ids_distinct_reproducible_samples(engine):
+    """verl may send the n samples of a prompt with one request id: the server's occurrence count
+    keeps them distinct draws, and the same sequence of requests gives the same samples again."""
+    import asyncio
+
+    from verl_ext.rollout.hf_rollout.server import HFRolloutServer
+
+    server = HFRolloutServer.__new__(HFRolloutServer)  # no Ray: reuse the module's engine
+    server.config = engine.config
+    server.engine = engine
+    server.global_steps = 3
+    server._seen = {}
+    server._seen_step = None
+    server._queue = []
+    server._wake = None
+    server._allowed = None
+    server._rejecting = False
+    server._batcher = None
+    server._inflight = 0
+    server.batch_wait_s = 0.005
+    server.max_wait_s = 0.05
+    server.stats = {"requests": 0, "batches": 0, "tokens": 0, "generate_s": 0.0, "max_batch": 0}
+    prompt = _prompt(engine, "3+4")
+
+    async def group():
+        server._wake = server._allowed = server._batcher = None  # fresh loop state per asyncio.run
+        out = await asyncio.gather(*[server.generate(prompt, SAMPLING, request_id="det-0") for _ in range(8)])
+        server._batcher.cancel()
+        return out
+
+    first = [tuple(o.token_ids) for o in asyncio.run(group())]
+    assert len(set(first)) > 1
+    server._seen_step = None  # a new run reaching the same step
+    second = [tuple(o.token_ids) for o in asyncio.run(group())]
+    assert sorted(second) == sorted(first)

@@ -70,6 +70,8 @@ class HFRolloutServer:
         self._inflight = 0
         self.stats = {"requests": 0, "batches": 0, "tokens": 0, "generate_s": 0.0, "max_batch": 0}
         self._stats_at_sleep = dict(self.stats)
+        self._seen: dict = {}  # seeded requests per (step, id, prompt) -> how many so far
+        self._seen_step = None
 
     @staticmethod
     def _pick_device(device_ids: Optional[list[str]]) -> str:
@@ -130,7 +132,16 @@ class HFRolloutServer:
             await self._allowed.wait()
         # rollout.full_determinism: verl's agent loop sends stable ids ("det-<sample index>"), and each
         # sample gets its own seed from (rollout.seed, training step, id, prompt) -- see sampling.py
-        seed_key = (self.global_steps, str(request_id)) if self.config.full_determinism and request_id else None
+        seed_key = None
+        if self.config.full_determinism and request_id:
+            # verl's ids can repeat (the n samples of a prompt may share one): the k-th request with
+            # the same (step, id, prompt) gets occurrence k in its key, so the n samples differ
+            base = (self.global_steps, str(request_id), tuple(prompt_ids))
+            if self._seen_step != self.global_steps:
+                self._seen, self._seen_step = {}, self.global_steps
+            occurrence = self._seen.get(base, 0)
+            self._seen[base] = occurrence + 1
+            seed_key = (self.global_steps, str(request_id), occurrence)
         request = self.engine.make_request(list(prompt_ids), dict(sampling_params or {}), seed_key=seed_key)
         future = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(request, future))
