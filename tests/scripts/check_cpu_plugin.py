@@ -1,6 +1,6 @@
 """Run in a fresh interpreter: what does a bare ``import verl`` do with the verl_ext plugin installed?
 
-Prints one JSON object (the last line of stdout) for tests/test_cpu_platform.py.
+Prints one JSON object (the last line of stdout) for tests/platform/test_cpu_platform.py.
 """
 
 import json

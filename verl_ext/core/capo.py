@@ -44,11 +44,42 @@ class CAPOConfig:
     """
 
     enable: bool = False
+    """Apply CAPO's token mask to the actor loss (false: the loss is untouched, no hook installed).
+
+    range: true, false
+    metric: capo/masked_frac
+    """
     fisher_tau: float = 1.0e-3
+    """Fisher (KL) criterion: a token is kept only while its predicted KL lr²/2·(v·u)² is below this; 0 = criterion off.
+
+    range: >= 0 (fisher_tau or hessian_tau > 0 when enable=true)
+    metric: capo/masked_frac_fisher, capo/kl_mean, capo/kl_max
+    """
     hessian_tau: float = 5.0e-4
+    """Hessian criterion: a token is kept only while its predicted objective change lr·<g, G> + lr²/2·hess
+    is below this (see symmetric); 0 = criterion off.
+
+    range: >= 0
+    metric: capo/masked_frac_hessian, capo/full_update_mean
+    """
     symmetric: bool = True
+    """true: keep when |change| < hessian_tau; false: keep when 0 <= change < hessian_tau.
+
+    range: true, false
+    metric: capo/masked_frac_hessian
+    """
     optimizer_model: str = "sgd"
-    logits_chunk: int = 2048  # rows of the [tokens, vocab] softmax processed at once (memory bound)
+    """The optimizer model of the predicted step: sgd (G = g). The authors' Adam moment model is not implemented.
+
+    range: sgd
+    metric: capo/kl_mean
+    """
+    logits_chunk: int = 2048
+    """Rows of the [tokens, vocab] softmax reduced at once by the LM-head hook (bounds its memory; no effect on the result).
+
+    range: integer >= 1
+    metric: perf/max_memory_allocated_gb
+    """
 
     def __post_init__(self) -> None:
         self.validate()

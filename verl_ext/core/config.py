@@ -135,40 +135,227 @@ class GXPOConfig:
     """
 
     K: int = 5
+    """Virtual lookahead depth: the number of optimizer steps the extrapolation predicts from the two probes.
+
+    range: integer >= 2
+    metric: gxpo/scale_mean
+    """
     variant: str = "paper_text"
+    """Names the defaults of every section-10 knob left unset (null): paper_text = the update as the
+    paper's text describes it; authors = the authors' public code. A knob set explicitly wins.
+
+    range: paper_text, authors
+    metric: all gxpo/*
+    """
     alpha: Optional[float] = None
+    """Reposition strength: θ̃ = θ0 + alpha·s⊙(θ2 − θ0); 1 adopts the K-step prediction fully.
+
+    range: finite > 0
+    metric: gxpo/reposition_norm
+    """
     ratio_source: Optional[str] = None
+    """Which quantities form the retention ratio and the active test: raw = pre-clip g1/g0; clipped =
+    (c1·g1)/(c0·g0), the gradients that drove each step (c the step's clip factor); adam_direction =
+    d1/d0, the AdamW step directions recovered from the parameters.
+
+    range: raw, clipped, adam_direction
+    metric: gxpo/retention_ratio_mean
+    """
     active_mode: Optional[str] = None
+    """How coordinates enter the active set: absolute = |x0| > active_eps; relative_rms = |x0| >
+    active_rel · RMS of the parameter tensor (over the whole tensor, across shards).
+
+    range: absolute, relative_rms
+    metric: gxpo/inactive_frac
+    """
     active_eps: Optional[float] = None
+    """Threshold of the absolute active test (and the floor of the floored ratio denominator).
+
+    range: >= 0
+    metric: gxpo/inactive_frac
+    """
     active_rel: Optional[float] = None
+    """Threshold of the relative_rms active test, as a fraction of the tensor's RMS.
+
+    range: > 0
+    metric: gxpo/inactive_frac
+    """
     ratio_denominator: Optional[str] = None
+    """plain divides by x0; floored divides by sign(x0)·max(|x0|, active_eps) with sign(0) = +.
+
+    range: plain, floored
+    metric: gxpo/retention_ratio_mean
+    """
     ratio_min: Optional[float] = None
+    """Lower clamp of the retention ratio r.
+
+    range: [-4, 4], <= ratio_max
+    metric: gxpo/retention_ratio_mean, gxpo/scale_mean
+    """
     ratio_max: Optional[float] = None
+    """Upper clamp of the retention ratio r (r = 1 gives the largest scale, K/2).
+
+    range: [-4, 4], >= ratio_min
+    metric: gxpo/retention_ratio_mean, gxpo/scale_mean
+    """
     ratio_nonfinite: Optional[str] = None
+    """Value of r where the quotient is NaN, before clamping (±inf clamps to the bounds).
+
+    range: zero, one
+    metric: gxpo/retention_ratio_mean
+    """
     scale_eps: Optional[float] = None
+    """Guard of S_2(r) = 1 + r near r = −1 (how it guards: scale_guard).
+
+    range: > 0
+    metric: gxpo/scale_mean
+    """
     scale_guard: Optional[str] = None
+    """floor: |S_2| floored at scale_eps, keeping its sign; one: s = 1 where |S_2| <= scale_eps.
+
+    range: floor, one
+    metric: gxpo/scale_mean
+    """
     scale_min: Optional[float] = None
+    """Lower clamp of the scale s (null: none); a non-finite s becomes 1 when either clamp is set.
+
+    range: null or finite, <= K/2 + scale_headroom
+    metric: gxpo/scale_mean
+    """
     scale_headroom: Optional[float] = None
+    """Upper clamp of s at K/2 + scale_headroom (null: none); a non-finite s becomes 1 when either clamp is set.
+
+    range: null or finite > −K/2
+    metric: gxpo/scale_mean
+    """
     optimizer_state: Optional[str] = None
+    """carry: Adam moments and step count run through all three steps; transactional: the optimizer
+    state is snapshotted before probe 1 and restored before the corrective step.
+
+    range: carry, transactional
+    metric: gxpo/corrective_grad_norm
+    """
     on_failure: Optional[str] = None
+    """What a non-finite probe does: skip restores θ0 and skips the update; standard_step restores θ0
+    and takes one plain step on the same mini-batch (also when ‖g0‖ <= min_probe_norm).
+
+    range: skip, standard_step
+    metric: gxpo/skipped_updates, gxpo/fallback_steps
+    """
     min_probe_norm: Optional[float] = None
+    """With on_failure=standard_step, a probe-1 norm at or below this counts as a failed probe.
+
+    range: >= 0
+    metric: gxpo/fallback_steps
+    """
     recompute_old_log_probs: Optional[bool] = None
+    """Worker-level: recompute old_log_probs at the current parameters before probe 2 and before the
+    corrective pass (one extra forward pass each), so each pass starts at PPO ratio 1.
+
+    range: true, false
+    metric: actor/ppo_kl, actor/pg_clipfrac
+    """
     degenerate_skip_frac: Optional[float] = None
+    """Worker-level: if more than this fraction of the mini-batch's responses score 0, the update is a
+    plain single pass (null: never).
+
+    range: null or (0, 1]
+    metric: gxpo/degenerate_skips
+    """
     shutoff: str = "adaptive"
+    """adaptive: the z-score gate on gate_signal; never: always active; fixed: inactive from update shutoff_at on.
+
+    range: adaptive, never, fixed
+    metric: gxpo/active, gxpo/shutoff_update
+    """
     shutoff_at: Optional[int] = None
+    """Update index at which shutoff=fixed switches GXPO off.
+
+    range: integer >= 0 (required with fixed), else null
+    metric: gxpo/shutoff_update
+    """
     gate_signal: Optional[str] = None
+    """The scalar the gate scores: corrective_norm (pre-clip ‖g̃‖), corrective_norm_clipped (post-clip),
+    probe_norm (pre-clip ‖g0‖), entropy (policy entropy of the corrective pass), cosine (1 − |cos(g0, g̃)|).
+
+    range: corrective_norm, corrective_norm_clipped, probe_norm, entropy, cosine
+    metric: gxpo/z_score
+    """
     gate_stat: Optional[str] = None
+    """window: z against the mean / population std of the preceding window values; ema: μ and σ² are
+    exponential moving averages with weight ema_omega (μ = σ = 1 at start, σ floored at 0.01).
+
+    range: window, ema
+    metric: gxpo/z_score
+    """
     ema_omega: Optional[float] = None
+    """Weight of the newest value in the ema gate statistic.
+
+    range: (0, 1]
+    metric: gxpo/z_score
+    """
     window: Optional[int] = None
+    """Length of the gate's rolling buffer (gate_stat=window).
+
+    range: integer >= 2
+    metric: gxpo/z_score
+    """
     warmup: Optional[int] = None
+    """Gate observations (active updates) that are only recorded, never scored, before the gate may trip.
+
+    range: integer >= 2
+    metric: gxpo/shutoff_update
+    """
     z_threshold: Optional[float] = None
+    """τ: the gate trips when the z-score exceeds it.
+
+    range: > 0
+    metric: gxpo/shutoff_update
+    """
     z_eps: Optional[float] = None
+    """ε_z in z = (n − μ)/(σ + ε_z).
+
+    range: > 0
+    metric: gxpo/z_score
+    """
     two_sided: Optional[bool] = None
+    """Test |z| instead of z.
+
+    range: true, false
+    metric: gxpo/shutoff_update
+    """
     trip_inclusive: Optional[bool] = None
+    """Trip on z >= τ instead of z > τ.
+
+    range: true, false
+    metric: gxpo/shutoff_update
+    """
     patience: Optional[int] = None
+    """Consecutive over-threshold observations needed to trip.
+
+    range: integer >= 1
+    metric: gxpo/shutoff_update
+    """
     gate_granularity: Optional[str] = None
+    """update: decide after every mini-batch update; step: decide once per training step on the mean
+    of its mini-batches' signals.
+
+    range: update, step
+    metric: gxpo/shutoff_update
+    """
     host_buffers: bool = False
+    """Keep the θ0 / g0 snapshots in host memory instead of on the device (less device memory, more transfers).
+
+    range: true, false
+    metric: perf/max_memory_allocated_gb, timing
+    """
     diagnose_every: int = 0
+    """Every N updates, also take K true optimizer steps from θ0 and its optimizer state (K extra passes,
+    parameters and state restored) and log the distance of θ̂_K and θ̃ to that point; 0 = off.
+
+    range: integer >= 0
+    metric: gxpo/diag_*, gxpo/diagnostic_passes
+    """
 
     def __post_init__(self) -> None:
         self.validate()
@@ -259,12 +446,48 @@ class SFPOConfig:
     """
 
     K: int = 3
+    """Fast optimizer steps per update on the same mini-batch (K + 1 backward passes with the slow step).
+
+    range: integer >= 1
+    metric: sfpo/backward_passes
+    """
     alpha: float = 0.8
+    """Reposition strength: θ̃ = θ0 + alpha·(θ_K − θ0) before the slow step.
+
+    range: finite > 0
+    metric: sfpo/reposition_norm
+    """
     shutoff: str = "adaptive"
+    """adaptive: two-sided z-score gate on the policy entropy of the first fast pass; never: always
+    active; fixed: inactive from update shutoff_at on.
+
+    range: adaptive, never, fixed
+    metric: sfpo/active, sfpo/shutoff_update
+    """
     shutoff_at: Optional[int] = None
+    """Update index at which shutoff=fixed switches SFPO off.
+
+    range: integer >= 0 (required with fixed), else null
+    metric: sfpo/shutoff_update
+    """
     window: int = 30
+    """Updates of policy entropy the gate scores against; also its warm-up (no test before the buffer is full).
+
+    range: integer >= 2
+    metric: sfpo/z_score
+    """
     z_threshold: float = 1.0
+    """τ: the gate trips when |z| > τ.
+
+    range: > 0
+    metric: sfpo/shutoff_update
+    """
     z_eps: float = 1.0e-8
+    """ε_z in z = (n − μ)/(σ + ε_z).
+
+    range: > 0
+    metric: sfpo/z_score
+    """
 
     def __post_init__(self) -> None:
         self.validate()

@@ -42,16 +42,70 @@ class NExtConfig:
     """Knobs of the online NExt hook (``enable: false`` = plain training, nothing snapshotted)."""
 
     enable: bool = False
-    snapshot_every: int = 1  # training steps between adapter snapshots
-    interval: int = 10  # training steps between predict-extend events
-    history: int = 6  # snapshots kept in the window (the anchor theta_0 is kept besides)
-    horizon: int = 2  # snapshots ahead the predictor targets: one event jumps ~ horizon*snapshot_every steps
-    hidden: int = 256  # predictor width (the authors' 256)
-    epochs: int = 300  # full-batch predictor training epochs
-    lr: float = 1.0e-3  # predictor AdamW learning rate (cosine to lr/10, as the authors)
-    coef: float = 1.0  # extension coefficient
-    start_step: int = 0  # no predict-extend before this step
+    """Run the online NExt predict-extend on the LoRA actor's trainable tensors (false: plain training, nothing snapshotted).
+
+    range: true, false
+    metric: next/events
+    """
+    snapshot_every: int = 1
+    """Training steps between snapshots of the trainable tensors (host memory).
+
+    range: integer >= 1, divides interval
+    metric: next/window
+    """
+    interval: int = 10
+    """Training steps between predict-extend events.
+
+    range: integer >= (history − 1)·snapshot_every, a multiple of snapshot_every
+    metric: next/events, next/extrapolated
+    """
+    history: int = 6
+    """Snapshots kept in the window (the anchor θ_0 is kept besides).
+
+    range: integer >= horizon + 2 (and >= 3)
+    metric: next/window, next/predictor_samples
+    """
+    horizon: int = 2
+    """Snapshots ahead the predictor targets: one event jumps about horizon·snapshot_every steps.
+
+    range: integer >= 1
+    metric: next/delta_norm
+    """
+    hidden: int = 256
+    """Width of the predictor MLP (the authors use 256).
+
+    range: integer >= 1
+    metric: next/predictor_params, next/predictor_flops
+    """
+    epochs: int = 300
+    """Full-batch training epochs of the predictor at each event.
+
+    range: integer >= 1
+    metric: next/predictor_fit_loss, next/predictor_seconds
+    """
+    lr: float = 1.0e-3
+    """Learning rate of the predictor's AdamW (cosine-decayed to lr/10, as the authors).
+
+    range: finite > 0
+    metric: next/predictor_fit_loss
+    """
+    coef: float = 1.0
+    """Extension coefficient: every tensor becomes θ + coef·(predicted delta).
+
+    range: finite > 0
+    metric: next/delta_norm
+    """
+    start_step: int = 0
+    """No predict-extend event before this training step.
+
+    range: integer >= 0
+    metric: next/events
+    """
     seed: int = 0
+    """Seed of the predictor's initialisation.
+
+    range: integer >= 0
+    """
 
     def __post_init__(self) -> None:
         self.validate()

@@ -3,7 +3,7 @@
 verl offers registries for platforms and engines (used without patching by
 :mod:`verl_ext.platform.registration`); where it offers no extension point, these narrow, reversible
 patches apply. :data:`PATCHED_VERL_FUNCTIONS` lists, per patch, the verl functions whose code the
-patch depends on; ``tests/test_platform_patches.py`` pins a fingerprint of each one's source, so a
+patch depends on; ``tests/platform/test_platform_patches.py`` pins a fingerprint of each one's source, so a
 verl upgrade that changes one of them fails that test until the patch has been re-checked.
 
 1. :func:`patch_process_group_init` -- ``verl.utils.distributed.initialize_global_process_group_ray``

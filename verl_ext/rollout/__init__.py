@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 #: the one patch of verl here (a dict insertion, see register_hf_rollout) -> the verl function whose
-#: code it relies on (it reads that dict); tests/test_platform_patches.py pins its source.
+#: code it relies on (it reads that dict); tests/platform/test_platform_patches.py pins its source.
 PATCHED_VERL_FUNCTIONS: dict[str, tuple[str, ...]] = {
     "register_hf_rollout": ("verl.workers.rollout.base:get_rollout_class",),
 }

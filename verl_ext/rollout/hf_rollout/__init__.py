@@ -84,8 +84,8 @@ as they are in the sync trainer). With ``VERL_LOGGING_LEVEL=INFO`` the server lo
 
 Running verl's trainer on CPU with it (besides data / model paths; the v1 sync trainer). The
 embedded task ``conf/experiment/cpu_arithmetic.yaml`` sets these (one training process,
-``tensor_model_parallel_size=1``) and ``tests/test_e2e_recipe.py`` runs it end to end;
-``tests/test_hf_rollout.py`` tests the engine, server and adapter::
+``tensor_model_parallel_size=1``) and ``tests/recipe/test_e2e_recipe.py`` runs it end to end;
+``tests/rollout/test_hf_rollout.py`` tests the engine, server and adapter::
 
     actor_rollout_ref.rollout.name=hf
     actor_rollout_ref.rollout.tensor_model_parallel_size=1     # verl's default is 2

@@ -1,0 +1,128 @@
+"""method=capo | capo_gxpo_k5 | next compose with every experiment and base_model, and differ from
+their base methods (grpo / gxpo_k5) only in their own keys (equal terms)."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import io
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+from helpers.paths import REPO_ROOT
+
+REPO = REPO_ROOT
+CONFIG_DIR = REPO / "recipe" / "gxpo" / "config"
+if importlib.util.find_spec("conf") is None:
+    sys.path.insert(0, str(REPO))
+
+pytestmark = pytest.mark.filterwarnings("ignore:Disabled critic:UserWarning")
+
+BASE_MODELS = sorted(p.stem for p in (REPO / "conf" / "base_model").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+# new method -> (the method it extends, its own keys under actor, run-name tag)
+NEW_METHODS = {"capo": ("grpo", "capo", "capo"), "capo_gxpo_k5": ("gxpo_k5", "capo", "capo_gxpo_k5_a1.0"), "next": ("grpo", "next", "next")}
+
+
+@pytest.fixture(scope="module")
+def compose():
+    """compose(*overrides) -> DictConfig, memoised; parsed YAML files are cached by (name, content)
+    (Hydra re-parses ~40 files per compose with a pure-Python loader)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    orig_load = OmegaConf.load
+    parsed: dict = {}
+
+    def cached_load(file_):
+        name = getattr(file_, "name", None)
+        if not isinstance(name, str) or not hasattr(file_, "read"):
+            return orig_load(file_)
+        text = file_.read()
+        text = text.decode("utf-8") if isinstance(text, bytes) else text
+        if (name, text) not in parsed:
+            parsed[(name, text)] = orig_load(io.StringIO(text))
+        return copy.deepcopy(parsed[(name, text)])
+
+    cache: dict = {}
+    OmegaConf.load = staticmethod(cached_load)
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+
+            def _compose(*overrides: str):
+                if overrides not in cache:
+                    cache[overrides] = hydra_compose("gxpo_trainer", overrides=list(overrides))
+                return cache[overrides]
+
+            yield _compose
+    finally:
+        OmegaConf.load = orig_load
+
+
+def _without(cfg, own: str) -> dict:
+    c = OmegaConf.to_container(cfg, resolve=False)
+    c["actor_rollout_ref"]["actor"].pop(own, None)
+    c.get("gxpo_run", {}).pop("method", None)
+    return c
+
+
+@pytest.mark.parametrize("method", sorted(NEW_METHODS))
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_composes_with_every_experiment(compose, method, experiment):
+    from verl_ext.workers.config import validate_actor_config
+
+    base, own, tag = NEW_METHODS[method]
+    extra = ("base_model=qwen2.5-1.5b",) if experiment != "cpu_arithmetic" else ()
+    cfg = compose(f"experiment={experiment}", *extra, f"method={method}")
+    assert cfg.gxpo_run.method == tag
+    if experiment != "cpu_arithmetic":  # the embedded preset names runs by update_rule only (see report)
+        assert tag in cfg.trainer.experiment_name
+    actor = validate_actor_config(cfg.actor_rollout_ref.actor)
+    assert getattr(actor, own).enable is True
+    assert actor.update_rule == ("gxpo" if method == "capo_gxpo_k5" else "grpo")
+    other = {"capo": "next", "next": "capo"}[own]
+    assert getattr(actor, other).enable is False  # the dataclass default: the other accelerator is off
+    assert _without(cfg, own) == _without(compose(f"experiment={experiment}", *extra, f"method={base}"), own)
+
+
+@pytest.mark.parametrize("method", sorted(NEW_METHODS))
+@pytest.mark.parametrize("base_model", BASE_MODELS)
+def test_composes_with_every_base_model_on_equal_terms(compose, method, base_model):
+    from verl_ext.workers.config import validate_actor_config
+    from verl_ext.workers.next_hook import check_next_config
+
+    base, own, tag = NEW_METHODS[method]
+    cfg = compose("experiment=paper_math", f"base_model={base_model}", f"method={method}")
+    ref = compose("experiment=paper_math", f"base_model={base_model}", f"method={base}")
+    assert _without(cfg, own) == _without(ref, own), f"method={method} changes more than its own keys"
+    assert cfg.trainer.experiment_name == ref.trainer.experiment_name.replace(ref.gxpo_run.method, tag)
+    validate_actor_config(cfg.actor_rollout_ref.actor)
+    if method == "next" and cfg.actor_rollout_ref.model.lora_rank == 0:
+        from verl_ext.core.config import ConfigError
+
+        with pytest.raises(ConfigError) as e:
+            check_next_config(cfg)
+        assert e.value.key == "actor_rollout_ref.actor.next.enable"
+    else:
+        check_next_config(cfg)
+
+
+def test_overrides_reach_the_dataclass_and_bad_values_name_the_key(compose):
+    from verl_ext.core.config import ConfigError
+    from verl_ext.workers.config import validate_actor_config
+
+    cfg = compose("method=capo_gxpo_k5", "actor_rollout_ref.actor.capo.hessian_tau=0.01", "actor_rollout_ref.actor.gxpo.K=3")
+    actor = validate_actor_config(cfg.actor_rollout_ref.actor)
+    assert actor.capo.hessian_tau == 0.01 and actor.gxpo.K == 3 and cfg.gxpo_run.method == "capo_gxpo_k3_a1.0"
+    bad = [
+        ("method=next", "actor_rollout_ref.actor.next.history=2", "actor_rollout_ref.actor.next.history"),
+        ("method=next", "actor_rollout_ref.actor.next.interval=7", "actor_rollout_ref.actor.next.interval"),
+        ("method=capo", "actor_rollout_ref.actor.capo.optimizer_model=adam", "actor_rollout_ref.actor.capo.optimizer_model"),
+        ("method=capo", "+actor_rollout_ref.actor.capo.tau=1", "actor_rollout_ref.actor.capo.tau"),
+    ]
+    for method, override, key in bad:
+        with pytest.raises(ConfigError) as e:
+            validate_actor_config(compose(method, override).actor_rollout_ref.actor)
+        assert e.value.key == key, (override, e.value)

@@ -1,0 +1,59 @@
+"""docs/configuration.md is generated from the config dataclasses and must match them."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import sys
+import textwrap
+from pathlib import Path
+from helpers.paths import REPO_ROOT
+
+ROOT = REPO_ROOT
+
+
+def _generator():
+    spec = importlib.util.spec_from_file_location("gen_config_docs", ROOT / "tools" / "gen_config_docs.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_configuration_doc_is_up_to_date():
+    gen = _generator()
+    assert (ROOT / "docs" / "configuration.md").read_text() == gen.render(), (
+        "docs/configuration.md is out of date with the config dataclasses: run python tools/gen_config_docs.py"
+    )
+
+
+def test_every_dataclass_field_has_a_row():
+    gen = _generator()
+    text = gen.render()
+    for target, prefix, _ in gen.SECTIONS:
+        _, cls = gen._load(target)
+        assert f"## `{prefix}` ({cls.__name__})" in text
+        for f in dataclasses.fields(cls):
+            assert f"| `{f.name}` |" in text, f"{cls.__name__}.{f.name} missing from docs/configuration.md"
+
+
+def test_attribute_docstrings_are_parsed():
+    gen = _generator()
+    docs = gen.field_docs_from_source(textwrap.dedent('''
+        class Probe:
+            """Probe summary."""
+
+            K: int = 5
+            """Lookahead depth:
+            how far to predict.
+
+            range: integer >= 2
+            metric: gxpo/scale_mean
+            """
+            other: float = 1.0
+            plain = 3
+            """not a field"""
+    '''))
+    assert set(docs) == {"K"}
+    assert docs["K"].meaning == "Lookahead depth: how far to predict."
+    assert (docs["K"].range, docs["K"].metric) == ("integer >= 2", "gxpo/scale_mean")

@@ -1,0 +1,40 @@
+"""Shared pytest set-up for the whole suite.
+
+The test tree mirrors the source tree (``tests/core`` for ``verl_ext/core``, ``tests/workers`` for
+``verl_ext/workers``, ``tests/launch`` for ``launch``, ...). Helpers shared by several test files
+live in ``tests/helpers`` and are imported as ``helpers.<module>``; fixtures shared by several files
+are defined here.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+_TESTS = str(Path(__file__).resolve().parent)
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
+
+from helpers.paths import FIXTURES_DIR, REPO_ROOT  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    """The checkout's root (where ``pyproject.toml`` is)."""
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """``tests/fixtures``: small hand-written data and log files."""
+    return FIXTURES_DIR
+
+
+@pytest.fixture
+def free_port():
+    """A function returning a free loopback TCP port (for process groups and Ray heads)."""
+    from verl_ext.testing.cpu_worker import free_port as _free_port
+
+    return _free_port

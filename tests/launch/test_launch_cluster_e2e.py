@@ -1,0 +1,133 @@
+"""The cluster path end to end on the embedded task, against a Ray head started here on loopback.
+
+README's reproduction steps, in order: ``launch.submit`` a short run, submit the same run name again
+with more steps (it resumes: step count, gate state and backward-pass count continue), a
+``launch.sweep`` over K, then ``launch.report`` over the log directory. Every output must be under
+the run's log directory, none in Ray's copy of the working dir. Then a Hydra multirun of two jobs
+(each to the end, in its own run directory named from its overrides) and its rerun, which trains
+nothing and says so.
+
+The jobs import this checkout's code: the launchers upload the project root (this file's parent's
+parent) as the job's working_dir, which Ray puts first on the job's ``sys.path``.
+Slow: about 1-2 minutes per training run on 2 cores (6 runs).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from helpers.proc_env import clean_env
+from helpers.ray_head import local_ray_head
+from helpers.paths import REPO_ROOT
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+ROOT = str(REPO_ROOT)
+VAL = "val-core/arithmetic/acc/mean@4"
+
+
+def _metrics(run_dir: str) -> dict[int, dict]:
+    rows: dict[int, dict] = {}
+    for path in sorted(glob.glob(os.path.join(run_dir, "metrics-*.jsonl"))):
+        with open(path) as f:
+            for line in f:
+                rec = json.loads(line)
+                rows.setdefault(rec["step"], {}).update(rec["data"])
+    return rows
+
+
+def _rule_state(run_dir: str, step: int) -> dict:
+    return torch.load(os.path.join(run_dir, f"global_step_{step}", "actor", "update_rule_rank0.pt"), weights_only=False)
+
+
+def _short(embedded: str, steps: int) -> list[str]:
+    """A short embedded run: validation and a checkpoint at every step, no step-0 validation."""
+    return [f"gxpo_embedded.dir={embedded}", f"trainer.total_training_steps={steps}", "trainer.test_freq=1",
+            "trainer.save_freq=1", "trainer.val_before_train=false"]
+
+
+def _call(args: list[str], env: dict, cwd: str = ROOT, timeout: int = 900) -> str:
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-8000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("embedded"))
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    with local_ray_head(PYTHONPATH=ROOT) as head:
+        yield head
+
+
+def test_readme_cluster_steps_submit_resubmit_sweep_report(ray_head, embedded, tmp_path):
+    logs = str(tmp_path / "runs")
+    env, address = ray_head["env"], ray_head["address"]
+    launch = ["--address", address, "--log-dir", logs, "--working-dir", ROOT, "--python", sys.executable, "--wait"]
+
+    # 1. one run (fails today at once: the job's and ray.init's runtime envs conflict)
+    _call(["-m", "launch.submit", "--name", "arith", *launch, "--", *_short(embedded, 1)], env)
+    run_dir = os.path.join(logs, "arith")
+    m = _metrics(run_dir)
+    assert 1 in m and VAL in m[1] and m[1]["gxpo/backward_passes"] == 6, sorted(m)
+    assert os.path.isdir(os.path.join(run_dir, "global_step_1", "actor"))
+
+    # 2. the same name with more steps resumes the run from its checkpoint
+    out = _call(["-m", "launch.submit", "--name", "arith", *launch, "--", *_short(embedded, 2)], env)
+    assert "resubmitting as 'arith-" in out
+    m = _metrics(run_dir)
+    assert m[2]["gxpo/backward_passes"] == 12 and m[2]["gxpo/optimizer_steps"] == 12  # counters continued
+    s1, s2 = _rule_state(run_dir, 1), _rule_state(run_dir, 2)
+    assert (s1["n_updates"], s2["n_updates"]) == (2, 4)
+    assert s2["gate"]["buffer"][:2] == s1["gate"]["buffer"]  # the same rolling gate buffer, continued
+
+    # 3. a sweep: one job per K, each in its own run directory
+    _call(["-m", "launch.sweep", "--name-prefix", "kgrid", "--grid", "actor_rollout_ref.actor.gxpo.K=3,5",
+           "--max-concurrent", "1", *launch, "--", *_short(embedded, 1)], env, timeout=1800)
+    for k in (3, 5):
+        sweep_dir = os.path.join(logs, f"kgrid_tiny-qwen2_k{k}_s1")
+        assert 1 in _metrics(sweep_dir) and os.path.isdir(os.path.join(sweep_dir, "global_step_1")), sweep_dir
+
+    # nothing was written into Ray's copy of the working dir
+    copies = glob.glob(os.path.join(ray_head["temp_dir"], "**", "working_dir_files", "*"), recursive=True)
+    assert copies, "the jobs ran from Ray's working_dir copy"
+    for copy in copies:
+        leaked = [p for p in glob.glob(os.path.join(copy, "**", "*"), recursive=True)
+                  if os.path.basename(p).startswith(("global_step_", "metrics-", "wandb"))]
+        assert not leaked, leaked
+
+    # 4. the report reads the log directory
+    report = str(tmp_path / "report")
+    _call(["-m", "launch.report", "--runs", logs, "--out", report, "--metric", VAL, "--no-plots"],
+          clean_env(PYTHONPATH=ROOT))
+    assert os.path.exists(os.path.join(report, "report.md"))
+    runs = open(os.path.join(report, "runs.csv")).read()
+    assert "arith" in runs and "kgrid_tiny-qwen2_k3_s1" in runs and "kgrid_tiny-qwen2_k5_s1" in runs
+
+
+def test_hydra_multirun_runs_every_job_in_its_own_run_dir(embedded, tmp_path):
+    ckpt = str(tmp_path / "ckpt")
+    env = clean_env(RAY_ADDRESS="local", HYDRA_FULL_ERROR="1", PYTHONUNBUFFERED="1", PYTHONPATH=ROOT)
+    args = ["-m", "recipe.gxpo.main_gxpo", "-m", "actor_rollout_ref.actor.gxpo.K=3,5", *_short(embedded, 1),
+            f"trainer.default_local_dir={ckpt}", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+    # the second job died today: the first job's Ray resources were still held in the same process
+    _call(args, env, cwd=str(tmp_path), timeout=1800)
+    for k in (3, 5):
+        job_dir = os.path.join(ckpt, f"k{k}")
+        m = _metrics(job_dir)
+        assert 1 in m and m[1]["gxpo/backward_passes"] == 6, job_dir
+        assert _rule_state(job_dir, 1)["n_updates"] == 2
+    # rerun: both jobs already finished -- each says so, and no Ray starts
+    out = _call(args, env, cwd=str(tmp_path))
+    assert out.count("nothing to train: this run already finished") >= 2, out[-4000:]
+    assert "Started a local Ray instance" not in out
