@@ -9,6 +9,7 @@ import sys
 
 import pytest
 from helpers.proc_env import clean_env
+from helpers.paths import REPO_ROOT
 
 ROOT = str(REPO_ROOT)
 BENCH = os.path.join(ROOT, "benchmarks", "bench_gpu.py")
@@ -16,7 +17,6 @@ BENCH = os.path.join(ROOT, "benchmarks", "bench_gpu.py")
 # run the benchmark's main() in a fresh interpreter, then list the forbidden packages it imported
 _DRIVER = """
 import runpy, sys
-from helpers.paths import REPO_ROOT
 sys.argv = [{bench!r}, "--size", "tiny", "--device", "cpu", "--repeats", "1", "--threads", "1"]
 runpy.run_path({bench!r}, run_name="__main__")
 bad = sorted({{m.split(".")[0] for m in sys.modules}} & {{"verl", "ray", "vllm", "sglang"}})

@@ -11,6 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
+from helpers.paths import FIXTURES_DIR  # noqa: E402
 
 from verl_ext.data import math_datasets as md  # noqa: E402
 from verl_ext.data.prepare_math import main as prepare_main  # noqa: E402
@@ -24,7 +25,6 @@ from verl_ext.data.prompts import (  # noqa: E402
 )
 from verl_ext.data.rows import ROW_SCHEMA, read_rows  # noqa: E402
 from verl_ext.rewards.extraction import (  # noqa: E402
-from helpers.paths import FIXTURES_DIR
     all_boxed_contents,
     gsm8k_final_answer,
     last_boxed_content,

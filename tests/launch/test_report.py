@@ -26,6 +26,8 @@ import pytest
 from launch import report
 from launch.report import Options
 
+from helpers.paths import FIXTURES_DIR, REPO_ROOT
+
 FIXTURES = FIXTURES_DIR / "logs"
 STEPS = 300
 EVERY = 10
@@ -287,7 +289,6 @@ def test_cli(logs, tmp_path):
 
 WANDB_SCRIPT = r"""
 import sys, wandb
-from helpers.paths import FIXTURES_DIR, REPO_ROOT
 run = wandb.init(project="gxpo", name="wb_run", config={"actor_rollout_ref": {"actor": {
     "update_rule": "sfpo", "sfpo": {"K": 10, "alpha": 0.5}}, "model": {"path": "Qwen/Qwen2.5-7B-Instruct"}}})
 for s in range(0, 6):
