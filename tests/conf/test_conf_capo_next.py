@@ -23,7 +23,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Disabled critic:UserWarning")
 BASE_MODELS = sorted(p.stem for p in (REPO / "conf" / "base_model").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
 # new method -> (the method it extends, its own keys under actor, run-name tag)
-NEW_METHODS = {"capo": ("grpo", "capo", "capo"), "capo_gxpo_k5": ("gxpo_k5", "capo", "capo_gxpo_k5_a1.0"), "next": ("grpo", "next", "next")}
+NEW_METHODS = {"capo": ("grpo", "capo", "capo"), "capo_gxpo_k5": ("gxpo_k5", "capo", "capo_gxpo_k5_a{alpha}"), "next": ("grpo", "next", "next")}
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +76,7 @@ def test_composes_with_every_experiment(compose, method, experiment):
     base, own, tag = NEW_METHODS[method]
     extra = ("base_model=qwen2.5-1.5b",) if experiment != "cpu_arithmetic" else ()
     cfg = compose(f"experiment={experiment}", *extra, f"method={method}")
+    tag = tag.format(alpha=cfg.actor_rollout_ref.actor.gxpo.alpha)  # alpha follows the experiment's variant
     assert cfg.gxpo_run.method == tag
     if experiment != "cpu_arithmetic":  # the embedded preset names runs by update_rule only (see report)
         assert tag in cfg.trainer.experiment_name
@@ -96,6 +97,7 @@ def test_composes_with_every_base_model_on_equal_terms(compose, method, base_mod
     base, own, tag = NEW_METHODS[method]
     cfg = compose("experiment=paper_math", f"base_model={base_model}", f"method={method}")
     ref = compose("experiment=paper_math", f"base_model={base_model}", f"method={base}")
+    tag = tag.format(alpha=cfg.actor_rollout_ref.actor.gxpo.alpha)
     assert _without(cfg, own) == _without(ref, own), f"method={method} changes more than its own keys"
     assert cfg.trainer.experiment_name == ref.trainer.experiment_name.replace(ref.gxpo_run.method, tag)
     validate_actor_config(cfg.actor_rollout_ref.actor)

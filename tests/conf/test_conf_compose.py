@@ -193,7 +193,7 @@ def test_default_is_the_embedded_cpu_task_and_paper_math_replaces_it(compose):
     cfg = compose()
     assert cfg.actor_rollout_ref.rollout.name == "hf"
     assert cfg.reward.custom_reward_function.path == "pkg://verl_ext.rewards.arithmetic_reward"
-    assert cfg.actor_rollout_ref.model.path.endswith("/tiny-qwen2")
+    assert cfg.actor_rollout_ref.model.path.endswith("/tiny-qwen2-warm")  # the warm-started model
     assert cfg.trainer.v1.trainer_mode == "gxpo_sync"
     paper = compose("experiment=paper_math", "base_model=qwen2.5-1.5b")
     assert "gxpo_embedded" not in paper  # nothing of the CPU preset leaks into GPU runs
@@ -330,7 +330,7 @@ def _validate_with_verl(cfg: DictConfig, monkeypatch) -> None:
     OmegaConf.set_struct(cfg, False)
     actor = cfg.actor_rollout_ref.actor
     actor._target_ = "verl.workers.config.FSDPActorConfig"
-    for k in ("update_rule", "gxpo", "sfpo"):
+    for k in ("update_rule", "gxpo", "sfpo", "capo", "next"):  # the project's keys
         actor.pop(k)
     # validate_config imports vllm for the LoRA rank check; this machine has no vllm
     stub = types.ModuleType("verl.workers.rollout.vllm_rollout.utils")
