@@ -20,9 +20,11 @@ from recipe.gxpo.run_layout import sanitize  # noqa: F401  (re-exported: the lau
 from verl_ext.core.config import UPDATE_RULES as RULES
 from verl_ext.core.config import GXPOConfig, SFPOConfig
 
-# Defaults of the config dataclasses (the one source), used when a run only names the rule.
-DEFAULT_K = {"gxpo": GXPOConfig.K, "sfpo": SFPOConfig.K}
-DEFAULT_ALPHA = {"gxpo": GXPOConfig.alpha, "sfpo": SFPOConfig.alpha}
+# Defaults of the config dataclasses (the one source), used when a run only names the rule; GXPO's
+# alpha is resolved from its default variant (paper_text), so instances are read, not class fields.
+_GXPO, _SFPO = GXPOConfig(), SFPOConfig()
+DEFAULT_K = {"gxpo": _GXPO.K, "sfpo": _SFPO.K}
+DEFAULT_ALPHA = {"gxpo": _GXPO.alpha, "sfpo": _SFPO.alpha}
 
 # Hydra keys of the public config contract.
 KEY_RULE = "actor_rollout_ref.actor.update_rule"

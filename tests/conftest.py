@@ -38,3 +38,11 @@ def free_port():
     from verl_ext.testing.cpu_worker import free_port as _free_port
 
     return _free_port
+
+
+@pytest.fixture(scope="session")
+def embedded_assets_dir(tmp_path_factory) -> str:
+    """One ``gxpo_embedded.dir`` for every end-to-end test of the session: the first run builds the
+    embedded task's assets (data, tokenizer, warm-started model) there, later runs reuse them (each
+    asset's manifest is checked), so the supervised warm start is paid once per test session."""
+    return str(tmp_path_factory.mktemp("embedded"))

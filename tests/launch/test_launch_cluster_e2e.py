@@ -60,8 +60,9 @@ def _call(args: list[str], env: dict, cwd: str = ROOT, timeout: int = 900) -> st
 
 
 @pytest.fixture(scope="module")
-def embedded(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("embedded"))
+def embedded(embedded_assets_dir):
+    """The session's shared embedded assets (tests/conftest.py): built by the first run that needs them."""
+    return embedded_assets_dir
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,7 @@ def test_readme_cluster_steps_submit_resubmit_sweep_report(ray_head, embedded, t
     _call(["-m", "launch.sweep", "--name-prefix", "kgrid", "--grid", "actor_rollout_ref.actor.gxpo.K=3,5",
            "--max-concurrent", "1", *launch, "--", *_short(embedded, 1)], env, timeout=1800)
     for k in (3, 5):
-        sweep_dir = os.path.join(logs, f"kgrid_tiny-qwen2_k{k}_s1")
+        sweep_dir = os.path.join(logs, f"kgrid_tiny-qwen2-warm_k{k}_s1")
         assert 1 in _metrics(sweep_dir) and os.path.isdir(os.path.join(sweep_dir, "global_step_1")), sweep_dir
 
     # nothing was written into Ray's copy of the working dir
@@ -112,7 +113,7 @@ def test_readme_cluster_steps_submit_resubmit_sweep_report(ray_head, embedded, t
           clean_env(PYTHONPATH=ROOT))
     assert os.path.exists(os.path.join(report, "report.md"))
     runs = open(os.path.join(report, "runs.csv")).read()
-    assert "arith" in runs and "kgrid_tiny-qwen2_k3_s1" in runs and "kgrid_tiny-qwen2_k5_s1" in runs
+    assert "arith" in runs and "kgrid_tiny-qwen2-warm_k3_s1" in runs and "kgrid_tiny-qwen2-warm_k5_s1" in runs
 
 
 def test_hydra_multirun_runs_every_job_in_its_own_run_dir(embedded, tmp_path):

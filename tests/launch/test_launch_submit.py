@@ -199,11 +199,11 @@ def test_grid_expansion_counts_and_names(capsys):
     assert len(jobs) == 3 * 2 * 2
     names = [j["submission_id"] for j in jobs]
     # the model (the embedded default's tiny model here) is always in the name
-    assert names[:4] == ["sweep_tiny-qwen2_k3_a0.5_s1", "sweep_tiny-qwen2_k3_a0.5_s2", "sweep_tiny-qwen2_k3_a1.0_s1",
-                         "sweep_tiny-qwen2_k3_a1.0_s2"]
+    assert names[:4] == ["sweep_tiny-qwen2-warm_k3_a0.5_s1", "sweep_tiny-qwen2-warm_k3_a0.5_s2", "sweep_tiny-qwen2-warm_k3_a1.0_s1",
+                         "sweep_tiny-qwen2-warm_k3_a1.0_s2"]
     assert len(set(names)) == len(names)
     j = jobs[-1]
-    assert j["submission_id"] == "sweep_tiny-qwen2_k10_a1.0_s2"
+    assert j["submission_id"] == "sweep_tiny-qwen2-warm_k10_a1.0_s2"
     assert ("actor_rollout_ref.actor.gxpo.K=10 actor_rollout_ref.actor.gxpo.alpha=1.0 data.seed=2 "
             "actor_rollout_ref.actor.update_rule=gxpo") in j["entrypoint"]
     assert (j["metadata"]["method"], j["metadata"]["K"], j["metadata"]["alpha"], j["metadata"]["seed"]) == \
@@ -284,11 +284,11 @@ def test_sweep_max_concurrent_and_wait(capsys, tmp_path, monkeypatch):
 
 
 def test_sweep_skip_existing(capsys):
-    client = FakeClient(existing={"s_tiny-qwen2_k3_s1"})
+    client = FakeClient(existing={"s_tiny-qwen2-warm_k3_s1"})
     assert sweep.main(["--name-prefix", "s", "--grid", "actor_rollout_ref.actor.gxpo.K=3,5", "--skip-existing"],
                       client=client) == 0
-    assert [j["submission_id"] for j in client.submitted] == ["s_tiny-qwen2_k5_s1"]
-    assert json.loads(capsys.readouterr().out) == {"s_tiny-qwen2_k3_s1": "SKIPPED", "s_tiny-qwen2_k5_s1": "PENDING"}
+    assert [j["submission_id"] for j in client.submitted] == ["s_tiny-qwen2-warm_k5_s1"]
+    assert json.loads(capsys.readouterr().out) == {"s_tiny-qwen2-warm_k3_s1": "SKIPPED", "s_tiny-qwen2-warm_k5_s1": "PENDING"}
 
 
 def test_runmeta_parsing():

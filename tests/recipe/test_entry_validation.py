@@ -19,7 +19,7 @@ BAD = [
     ("actor_rollout_ref.actor.update_rule", "adam", "one of grpo | sfpo | gxpo"),
     ("actor_rollout_ref.actor.gxpo.K", "1", "an integer >= 2"),
     ("actor_rollout_ref.actor.gxpo.alpha", "0", "a finite number > 0"),
-    ("actor_rollout_ref.actor.gxpo.ratio_max", "1.5", "within [-1, 1]"),
+    ("actor_rollout_ref.actor.gxpo.ratio_max", "4.5", "within [-4, 4]"),
     ("actor_rollout_ref.actor.gxpo.shutoff", "sometimes", "adaptive | never | fixed"),
     ("actor_rollout_ref.actor.gxpo.window", "1", "an integer >= 2"),
     ("actor_rollout_ref.actor.gxpo.z_threshold", "-3", "a finite number > 0"),
