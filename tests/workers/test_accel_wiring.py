@@ -12,7 +12,6 @@ import os
 import pytest
 import torch
 from omegaconf import OmegaConf
-from helpers.proc_env import one_torch_thread
 
 pytest.importorskip("verl")
 
@@ -20,12 +19,6 @@ from verl_ext.core.next import NExtConfig  # noqa: E402
 from verl_ext.workers.actor_worker import GXPOActorRolloutRefWorker  # noqa: E402
 from verl_ext.workers.next_hook import NEXT_STATE_FILE, NExtHook  # noqa: E402
 from verl_ext.workers.trainer import GXPOTrainerSync  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with one_torch_thread():
-        yield
 
 
 class _Engine:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers.proc_env import one_torch_thread
 
 pytest.importorskip("verl")
 
 from verl_ext.core.capo import CAPOConfig  # noqa: E402
-from verl_ext.models.tiny import build_tiny_model  # noqa: E402
 from verl_ext.testing.cpu_worker import (  # noqa: E402
     _clone_td,
     build_cpu_actor_worker,
@@ -19,17 +17,6 @@ from verl_ext.testing.cpu_worker import (  # noqa: E402
 )
 from verl_ext.workers.capo_loss import CAPOLoss, install_capo  # noqa: E402
 from verl_ext.workers.training_worker import GXPOTrainingWorker  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with one_torch_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    return build_tiny_model(str(tmp_path_factory.mktemp("tiny") / "qwen2"))
 
 
 def _actor(model_path, rule="grpo", capo=None, overrides=(), **kw):

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers.proc_env import one_torch_thread
 
 pytest.importorskip("verl")
 
 from verl_ext.core.config import ConfigError  # noqa: E402
 from verl_ext.core.next import NExtConfig  # noqa: E402
-from verl_ext.models.tiny import build_tiny_model  # noqa: E402
 from verl_ext.testing.cpu_worker import (  # noqa: E402
     _clone_td,
     build_cpu_actor_worker,
@@ -24,17 +22,6 @@ from verl_ext.workers.training_worker import GXPOTrainingWorker  # noqa: E402
 # a snapshot every step, 3-snapshot window, target 1 snapshot ahead, an event every 2 steps
 FAST = dict(enable=True, snapshot_every=1, history=3, horizon=1, interval=2, hidden=8, epochs=30, lr=1e-2, coef=2.0)
 N_STEPS = 6
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with one_torch_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    return build_tiny_model(str(tmp_path_factory.mktemp("tiny") / "qwen2"))
 
 
 def _actor(model_path, lora=True):

@@ -17,11 +17,9 @@ import textwrap
 
 import pytest
 import torch
-from helpers.proc_env import one_torch_thread
 
 pytest.importorskip("verl")
 
-from verl_ext.models.tiny import build_tiny_model  # noqa: E402
 from verl_ext.testing.cpu_worker import (  # noqa: E402
     _clone_td,
     build_cpu_actor_worker,
@@ -30,17 +28,6 @@ from verl_ext.testing.cpu_worker import (  # noqa: E402
     parameter_snapshot,
 )
 from verl_ext.workers.training_worker import GXPOTrainingWorker, response_scores  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with one_torch_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    return build_tiny_model(str(tmp_path_factory.mktemp("tiny") / "qwen2"))
 
 
 def _actor(model_path, rule="gxpo", overrides=(), worker_cls=GXPOTrainingWorker, **kw):
