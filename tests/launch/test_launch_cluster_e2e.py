@@ -104,7 +104,8 @@ def test_readme_cluster_steps_submit_resubmit_sweep_report(ray_head, embedded, t
     assert copies, "the jobs ran from Ray's working_dir copy"
     for copy in copies:
         leaked = [p for p in glob.glob(os.path.join(copy, "**", "*"), recursive=True)
-                  if os.path.basename(p).startswith(("global_step_", "metrics-", "wandb"))]
+                  if os.path.basename(p).startswith(("global_step_", "metrics-", "wandb"))
+                  and not os.path.exists(os.path.join(ROOT, os.path.relpath(p, copy)))]  # not an uploaded file
         assert not leaked, leaked
 
     # 4. the report reads the log directory
