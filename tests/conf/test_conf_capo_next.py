@@ -26,41 +26,6 @@ EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml
 NEW_METHODS = {"capo": ("grpo", "capo", "capo"), "capo_gxpo_k5": ("gxpo_k5", "capo", "capo_gxpo_k5_a{alpha}"), "next": ("grpo", "next", "next")}
 
 
-@pytest.fixture(scope="module")
-def compose():
-    """compose(*overrides) -> DictConfig, memoised; parsed YAML files are cached by (name, content)
-    (Hydra re-parses ~40 files per compose with a pure-Python loader)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    orig_load = OmegaConf.load
-    parsed: dict = {}
-
-    def cached_load(file_):
-        name = getattr(file_, "name", None)
-        if not isinstance(name, str) or not hasattr(file_, "read"):
-            return orig_load(file_)
-        text = file_.read()
-        text = text.decode("utf-8") if isinstance(text, bytes) else text
-        if (name, text) not in parsed:
-            parsed[(name, text)] = orig_load(io.StringIO(text))
-        return copy.deepcopy(parsed[(name, text)])
-
-    cache: dict = {}
-    OmegaConf.load = staticmethod(cached_load)
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-
-            def _compose(*overrides: str):
-                if overrides not in cache:
-                    cache[overrides] = hydra_compose("gxpo_trainer", overrides=list(overrides))
-                return cache[overrides]
-
-            yield _compose
-    finally:
-        OmegaConf.load = orig_load
-
-
 def _without(cfg, own: str) -> dict:
     c = OmegaConf.to_container(cfg, resolve=False)
     c["actor_rollout_ref"]["actor"].pop(own, None)
