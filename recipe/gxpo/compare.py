@@ -1,7 +1,7 @@
 """GRPO vs SFPO vs GXPO on the recipe's embedded task, several seeds, with error bars -- Table 2 / Figure 3 in miniature.
 
     python -m recipe.gxpo.compare --seeds 3 [--steps 60] [--out runs/compare]
-        [--rows grpo,sfpo,gxpo_paper_text,gxpo_authors] [--report-only] [-- hydra overrides]
+        [--rows grpo,sfpo,gxpo_paper_text,gxpo_authors|all] [--resume] [--report-only] [-- hydra overrides]
 
 Runs ``python -m recipe.gxpo.main_gxpo`` once per (row, seed), one after another, with the same
 config except the row's update-rule overrides and ``data.seed`` (which the embedded preset also
@@ -20,9 +20,14 @@ and writes to ``--out``:
 * ``compare.png``: mean validation curve per row (band: min..max over seeds) against steps, BP and
   training seconds (x of a point: the mean over seeds at that evaluation step).
 
-Rows: ``grpo``, ``sfpo``, ``gxpo`` (the configured GXPO), ``gxpo_paper_text`` and ``gxpo_authors``
-(``actor.gxpo.variant=...``; offered only when the config has that knob, otherwise the default row
-list falls back to ``gxpo``). Nothing is asserted: it reports.
+Rows (``ROWS``): ``grpo``, ``sfpo``, ``gxpo`` (the configured GXPO), ``gxpo_paper_text`` and
+``gxpo_authors`` (``actor.gxpo.variant=...``; the default rows), and the other accelerators on equal
+terms: ``capo`` (``method=capo``: CAPO's token mask + GRPO), ``capo_gxpo_k5`` (CAPO + GXPO K=5),
+``grpo_lora`` (LoRA rank 8, lr 1e-3) and ``next`` (``method=next`` on the same LoRA actor, with NExt's
+schedule shrunk to the miniature: ``NEXT_MINI``). ``--rows all`` runs every row. Each row is measured
+against full-parameter GRPO except ``next``, whose reference is ``grpo_lora`` (so ``next`` requires
+it). NExt's predictor fits run inside verl's actor-update step, so its cost is in ``timing_s/step``;
+its total (``next/predictor_seconds_total``) is also shown. Nothing is asserted: it reports.
 """
 
 from __future__ import annotations
@@ -38,15 +43,38 @@ import time
 from pathlib import Path
 from typing import Optional
 
+# LoRA rows (NExt extrapolates LoRA adapters): rank 8 / alpha 16 on the tiny model's projections, and
+# the same step size for NExt and its LoRA GRPO reference, so the two differ only by NExt's events.
+LORA = ["actor_rollout_ref.model.lora_rank=8", "actor_rollout_ref.model.lora_alpha=16",
+        "actor_rollout_ref.actor.optim.lr=1.0e-3"]
+# NExt's schedule shrunk to the miniature's 20-60 steps (conf/method/next.yaml is sized for the
+# paper's hundreds): a snapshot every 2 steps, a 4-snapshot window, a target 2 snapshots ahead, a
+# predict-extend every 6 steps from step 8; a 300-epoch predictor fit (width 256 as the authors).
+NEXT_MINI = ["actor_rollout_ref.actor.next.snapshot_every=2", "actor_rollout_ref.actor.next.history=4",
+             "actor_rollout_ref.actor.next.horizon=2", "actor_rollout_ref.actor.next.interval=6",
+             "actor_rollout_ref.actor.next.start_step=8", "actor_rollout_ref.actor.next.epochs=300"]
+
+# row -> the Hydra overrides that make it (on top of the embedded default and the user's overrides)
 ROWS: dict[str, list[str]] = {
     "grpo": ["actor_rollout_ref.actor.update_rule=grpo"],
     "sfpo": ["actor_rollout_ref.actor.update_rule=sfpo"],
     "gxpo": ["actor_rollout_ref.actor.update_rule=gxpo"],
     "gxpo_paper_text": ["actor_rollout_ref.actor.update_rule=gxpo", "actor_rollout_ref.actor.gxpo.variant=paper_text"],
     "gxpo_authors": ["actor_rollout_ref.actor.update_rule=gxpo", "actor_rollout_ref.actor.gxpo.variant=authors"],
+    "capo": ["method=capo"],                      # CAPO's token mask + GRPO
+    "capo_gxpo_k5": ["method=capo_gxpo_k5"],      # CAPO's token mask + GXPO K=5
+    "grpo_lora": ["actor_rollout_ref.actor.update_rule=grpo", *LORA],
+    "next": ["method=next", *LORA, *NEXT_MINI],   # NExt predict-extend + LoRA GRPO
 }
+# the update rule a row's counters are logged under (<rule>/backward_passes, <rule>/shutoff_update)
+ROW_RULE = {"grpo": "grpo", "sfpo": "sfpo", "gxpo": "gxpo", "gxpo_paper_text": "gxpo", "gxpo_authors": "gxpo",
+            "capo": "grpo", "capo_gxpo_k5": "gxpo", "grpo_lora": "grpo", "next": "grpo"}
+# the GRPO row a row is measured against ("to GRPO's peak", paired differences): LoRA rows against
+# LoRA GRPO, everything else against full-parameter GRPO
+REFERENCE = {"grpo_lora": "grpo", "next": "grpo_lora"}
 VARIANT_ROWS = ("gxpo_paper_text", "gxpo_authors")
 DEFAULT_ROWS = ("grpo", "sfpo", "gxpo_paper_text", "gxpo_authors")
+ACCEL_ROWS = ("capo", "capo_gxpo_k5", "grpo_lora", "next")
 
 # two-sided 95% Student-t quantiles t_{0.975, df}
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -94,12 +122,17 @@ def run_curve(steps: dict[int, dict], rule: str, metric: Optional[str] = None) -
     """Validation points of one run: ``{"step": [...], "acc": [...], "bp": [...], "seconds": [...]}``
     plus ``shutoff`` (the last logged ``<rule>/shutoff_update``; None when not logged or negative)."""
     metric = metric or val_key(steps)
-    out = {"step": [], "acc": [], "bp": [], "seconds": [], "shutoff": None, "metric": metric}
+    out = {"step": [], "acc": [], "bp": [], "seconds": [], "shutoff": None, "metric": metric,
+           "next_seconds": None, "next_events": None}
     bp, seconds = 0.0, 0.0
     for step, d in steps.items():
         seconds += _finite(d.get("timing_s/step")) or 0.0
         b = _finite(d.get(f"{rule}/backward_passes"))
         bp = b if b is not None else bp
+        for key, name in (("next/predictor_seconds_total", "next_seconds"), ("next/events", "next_events")):
+            v = _finite(d.get(key))
+            if v is not None:
+                out[name] = v
         s = _finite(d.get(f"{rule}/shutoff_update"))
         if s is not None:
             out["shutoff"] = int(s) if s >= 0 else None
@@ -145,10 +178,12 @@ def first_reach(curve: dict, target: float) -> Optional[dict]:
 
 
 def summarize(curves: dict[str, dict[int, dict]]) -> dict:
-    """curves[row][seed] -> per-row statistics (see the module docstring). Needs a ``grpo`` row."""
-    grpo = curves["grpo"]
+    """curves[row][seed] -> per-row statistics (see the module docstring). Needs a ``grpo`` row; a
+    row with a REFERENCE that ran (``next`` -> ``grpo_lora``) is measured against that row instead."""
     out = {}
     for row, by_seed in curves.items():
+        ref = reference_of(row, curves)
+        grpo = curves[ref]
         seeds = sorted(by_seed)
         final = {s: by_seed[s]["acc"][-1] if by_seed[s]["acc"] else None for s in seeds}
         peak = {s: max(by_seed[s]["acc"]) if by_seed[s]["acc"] else None for s in seeds}
@@ -161,13 +196,15 @@ def summarize(curves: dict[str, dict[int, dict]]) -> dict:
         paired_final = [final[s] - grpo[s]["acc"][-1] for s in seeds if s in grpo and grpo[s]["acc"] and final[s] is not None]
         paired_peak = [peak[s] - max(grpo[s]["acc"]) for s in seeds if s in grpo and grpo[s]["acc"] and peak[s] is not None]
         out[row] = {
-            "seeds": seeds,
+            "seeds": seeds, "reference": ref,
             "step0": {s: by_seed[s]["acc"][0] if by_seed[s]["step"] and by_seed[s]["step"][0] == 0 else None for s in seeds},
             "final": final, "final_mean_ci": mean_ci(list(final.values())),
             "peak": peak, "peak_mean_ci": mean_ci(list(peak.values())),
             "reach": reach, "reached": f"{len(reached)}/{len(seeds)}",
             "reach_mean": {k: (sum(r[k] for r in reached) / len(reached) if reached else None) for k in ("step", "bp", "seconds")},
             "shutoff": {s: by_seed[s]["shutoff"] for s in seeds},
+            "next_seconds": {s: by_seed[s]["next_seconds"] for s in seeds if by_seed[s].get("next_seconds") is not None},
+            "next_events_mean": (sum(by_seed[s].get("next_events") or 0 for s in seeds) / len(seeds)) if seeds else 0.0,
             "paired_final_diff": mean_ci(paired_final), "paired_peak_diff": mean_ci(paired_peak),
             "wins_final": f"{sum(d > 0 for d in paired_final)}/{len(paired_final)}",
             "ties_final": sum(d == 0 for d in paired_final),
@@ -190,22 +227,30 @@ def markdown(stats: dict, metric: str, steps: int, wall: dict) -> str:
     n = max(len(s["seeds"]) for s in stats.values())
     lines = [
         f"Validation metric `{metric}`, {steps} training steps, {n} seeds; ± is the 95% Student-t interval over seeds.",
-        "\"to GRPO peak\": first evaluation at which the run reaches the peak accuracy of GRPO with the same seed "
-        "(mean over the seeds that reached it; k/N = how many did). Seconds: training time (sum of timing_s/step).",
+        "\"to GRPO peak\": first evaluation at which the run reaches the peak accuracy of its GRPO reference (column vs) "
+        "with the same seed (mean over the seeds that reached it; k/N = how many did). Seconds: training time (sum of "
+        "timing_s/step; NExt's predictor fits run inside the step and are counted, their total in the last column).",
         "",
-        "| row | step-0 acc | final acc | peak acc | reached GRPO peak | steps to it | BP to it | seconds to it | shutoff update (per seed) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| row | vs | step-0 acc | final acc | peak acc | reached GRPO peak | steps to it | BP to it | seconds to it "
+        "| shutoff update (per seed) | extra cost |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row, s in stats.items():
         step0 = [v for v in s["step0"].values() if v is not None]
         st0 = f"{sum(step0) / len(step0):.3f}" if step0 else "-"
         rm = s["reach_mean"]
-        shut = ", ".join("never" if s["shutoff"][k] is None else str(s["shutoff"][k]) for k in s["seeds"]) if row != "grpo" else "-"
+        shut = (", ".join("never" if s["shutoff"][k] is None else str(s["shutoff"][k]) for k in s["seeds"])
+                if ROW_RULE.get(row) in ("gxpo", "sfpo") else "-")
+        extra = "-"
+        if s.get("next_seconds"):
+            v = list(s["next_seconds"].values())
+            extra = f"NExt predictor {sum(v) / len(v):.1f} s, {s['next_events_mean']:.1f} events"
         lines.append(
-            f"| {row} | {st0} | {_pm(s['final_mean_ci'])} | {_pm(s['peak_mean_ci'])} | {s['reached']} | "
-            f"{_num(rm['step'], 1)} | {_num(rm['bp'], 0)} | {_num(rm['seconds'], 0)} | {shut} |"
+            f"| {row} | {s['reference'] if row != 'grpo' else '-'} | {st0} | {_pm(s['final_mean_ci'])} | "
+            f"{_pm(s['peak_mean_ci'])} | {s['reached']} | "
+            f"{_num(rm['step'], 1)} | {_num(rm['bp'], 0)} | {_num(rm['seconds'], 0)} | {shut} | {extra} |"
         )
-    lines += ["", "Per seed -- steps / BP / seconds to GRPO's peak:", "", "| row | " + " | ".join(f"seed {k}" for k in stats["grpo"]["seeds"]) + " |",
+    lines += ["", "Per seed -- steps / BP / seconds to the reference's peak:", "", "| row | " + " | ".join(f"seed {k}" for k in stats["grpo"]["seeds"]) + " |",
               "|---|" + "---|" * len(stats["grpo"]["seeds"])]
     for row, s in stats.items():
         cells = []
@@ -213,12 +258,12 @@ def markdown(stats: dict, metric: str, steps: int, wall: dict) -> str:
             r = s["reach"].get(k)
             cells.append("not reached" if r is None else f"{r['step']} / {r['bp']:.0f} / {r['seconds']:.0f}s")
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    lines += ["", "Paired with GRPO (same seed): mean difference ± 95% interval, and seeds where the row's final accuracy is higher:", "",
-              "| row | final acc − GRPO | peak acc − GRPO | final higher than GRPO |", "|---|---|---|---|"]
+    lines += ["", "Paired with the GRPO reference (same seed): mean difference ± 95% interval, and seeds where the row's final accuracy is higher:", "",
+              "| row | vs | final acc − reference | peak acc − reference | final higher than reference |", "|---|---|---|---|---|"]
     for row, s in stats.items():
         if row == "grpo":
             continue
-        lines.append(f"| {row} | {_pm(s['paired_final_diff'])} | {_pm(s['paired_peak_diff'])} | {s['wins_final']} (ties {s['ties_final']}) |")
+        lines.append(f"| {row} | {s['reference']} | {_pm(s['paired_final_diff'])} | {_pm(s['paired_peak_diff'])} | {s['wins_final']} (ties {s['ties_final']}) |")
     if wall:
         total = sum(wall.values())
         lines += ["", f"Wall-clock of the runs (each a full main job: Ray start, training, validation): total {total / 60:.1f} min; "
@@ -275,22 +320,42 @@ def config_has_variant(overrides: list[str]) -> bool:
 
 
 def rule_of(row: str) -> str:
-    for o in ROWS[row]:
-        if o.startswith("actor_rollout_ref.actor.update_rule="):
-            return o.split("=", 1)[1]
-    return row
+    return ROW_RULE[row]
 
 
-def run_one(row: str, seed: int, out: Path, steps: int, overrides: list[str]) -> tuple[Path, float]:
-    run_dir = out / row / f"seed{seed}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for old in glob.glob(str(run_dir / "metrics*.jsonl")):
-        os.remove(old)
-    args = [
+def reference_of(row: str, rows) -> str:
+    """The GRPO row ``row`` is compared with: its REFERENCE when that row ran, else ``grpo``."""
+    ref = REFERENCE.get(row, "grpo")
+    return ref if ref in rows and ref != row else "grpo"
+
+
+def run_args(row: str, seed: int, run_dir: Path, steps: int, overrides: list[str]) -> list[str]:
+    return [
         *ROWS[row], f"data.seed={seed}", f"trainer.default_local_dir={run_dir}",
         f"trainer.experiment_name=compare_{row}_s{seed}", f"trainer.total_training_steps={steps}",
         "trainer.resume_mode=disable", "trainer.save_freq=-1", *overrides,
     ]
+
+
+def finished(run_dir: Path, args: list[str]) -> bool:
+    """Did a run with exactly these overrides finish in ``run_dir`` (``wall_s.txt`` is written last)?"""
+    try:
+        meta = json.loads((run_dir / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("overrides") == args and (run_dir / "wall_s.txt").exists()
+
+
+def run_one(row: str, seed: int, out: Path, steps: int, overrides: list[str], resume: bool = False) -> tuple[Path, float]:
+    run_dir = out / row / f"seed{seed}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    args = run_args(row, seed, run_dir, steps, overrides)
+    if resume and finished(run_dir, args):
+        wall = float((run_dir / "wall_s.txt").read_text())
+        print(f"[compare] {row} seed {seed}: finished earlier with the same overrides ({wall / 60:.1f} min), kept", flush=True)
+        return run_dir, wall
+    for old in glob.glob(str(run_dir / "metrics*.jsonl")) + glob.glob(str(run_dir / "wall_s.txt")):
+        os.remove(old)
     (run_dir / "meta.json").write_text(json.dumps({"row": row, "seed": seed, "overrides": args}, indent=1))
     print(f"[compare] {row} seed {seed}: python -m recipe.gxpo.main_gxpo {' '.join(args)}", flush=True)
     t0 = time.time()
@@ -339,13 +404,17 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--rows", default=None, help=f"comma list of {', '.join(ROWS)} (default: {', '.join(DEFAULT_ROWS)})")
     ap.add_argument("--report-only", action="store_true", help="rebuild summary and plot from existing runs")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep (row, seed) runs that already finished under --out with the same overrides; run the rest")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides applied to every run (after --)")
     args = ap.parse_args(argv)
     if args.seeds < 1 or args.steps < 1:
         ap.error("--seeds and --steps must be >= 1")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    if args.rows:
+    if args.rows == "all":
+        rows = [r for r in ROWS if r != "gxpo"]
+    elif args.rows:
         rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     else:
         rows = list(DEFAULT_ROWS)
@@ -354,13 +423,15 @@ def main(argv=None) -> int:
             rows = [r for r in rows if r not in VARIANT_ROWS] + ["gxpo"]
     bad = [r for r in rows if r not in ROWS]
     if bad or "grpo" not in rows:
-        ap.error(f"--rows={args.rows!r}: allowed {', '.join(ROWS)}, and grpo must be included (the reference)")
+        ap.error(f"--rows={args.rows!r}: allowed {', '.join(ROWS)} or all, and grpo must be included (the reference)")
+    if "next" in rows and "grpo_lora" not in rows:
+        ap.error(f"--rows={args.rows!r}: next is measured against LoRA GRPO; add grpo_lora to the rows")
     seeds = list(range(1, args.seeds + 1))
     if not args.report_only:
         t0 = time.time()
         for s in seeds:  # seed-major: a partial compare still has every row for the first seeds
             for row in rows:
-                run_one(row, s, out, args.steps, args.overrides)
+                run_one(row, s, out, args.steps, args.overrides, resume=args.resume)
         print(f"[compare] all runs done in {(time.time() - t0) / 60:.1f} min", flush=True)
     md = report(out, rows, seeds, args.steps)
     print(md)

@@ -93,3 +93,26 @@ def test_overrides_reach_the_dataclass_and_bad_values_name_the_key(compose):
         with pytest.raises(ConfigError) as e:
             validate_actor_config(compose(method, override).actor_rollout_ref.actor)
         assert e.value.key == key, (override, e.value)
+
+
+@pytest.mark.parametrize("row", ["capo", "capo_gxpo_k5", "grpo_lora", "next"])
+def test_compare_rows_compose_on_the_embedded_task(compose, row):
+    """recipe.gxpo.compare's accelerator rows compose on the embedded default: the update rule their
+    counters are read under, the accelerator switched on, and NExt on the same LoRA actor (rank, lr)
+    as its LoRA GRPO reference, so the two differ only in NExt's keys."""
+    from recipe.gxpo import compare
+    from verl_ext.workers.config import validate_actor_config
+    from verl_ext.workers.next_hook import check_next_config
+
+    cfg = compose(*compare.ROWS[row])
+    actor = validate_actor_config(cfg.actor_rollout_ref.actor)
+    assert actor.update_rule == compare.rule_of(row)
+    assert actor.capo.enable is row.startswith("capo") and actor.next.enable is (row == "next")
+    if row == "next":
+        check_next_config(cfg)  # the worker's start-up refusal (no LoRA, schedule) does not fire
+        ref = compose(*compare.ROWS[compare.REFERENCE[row]])
+        assert cfg.actor_rollout_ref.model.lora_rank == ref.actor_rollout_ref.model.lora_rank == 8
+        assert cfg.actor_rollout_ref.actor.optim.lr == ref.actor_rollout_ref.actor.optim.lr
+        a, b = _without(cfg, "next"), _without(ref, "next")
+        a.pop("gxpo_run", None), b.pop("gxpo_run", None)  # the method tag only
+        assert a == b

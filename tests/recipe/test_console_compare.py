@@ -97,7 +97,34 @@ def test_reader_curve_and_statistics(tmp_path):
     assert x["paired_final_diff"][0] == pytest.approx(((0.5 - 0.45) + (0.41 - 0.42)) / 2)
     assert x["wins_final"] == "1/2"
     md = compare.markdown(st, "val-core/arithmetic/acc/mean@4", 6, {})
-    assert "not reached" in md and "| gxpo | 0.300 |" in md
+    assert "not reached" in md and "| gxpo | grpo | 0.300 |" in md
+
+
+def test_lora_rows_are_measured_against_lora_grpo_and_show_the_predictor_cost(tmp_path):
+    """NExt's reference is LoRA GRPO (same adapters, same lr), not full-parameter GRPO; its predictor
+    seconds are reported; the other rows keep full GRPO as reference."""
+    _write_run(tmp_path / "grpo" / "seed1", "grpo", [0.3, 0.6, 0.7], 2)
+    _write_run(tmp_path / "grpo_lora" / "seed1", "grpo", [0.3, 0.35, 0.4], 2)
+    _write_run(tmp_path / "next" / "seed1", "grpo", [0.3, 0.4, 0.45], 2)
+    _write_run(tmp_path / "capo" / "seed1", "grpo", [0.3, 0.5, 0.6], 2)
+    with open(tmp_path / "next" / "seed1" / "metrics-1.jsonl", "a") as f:
+        f.write(json.dumps({"step": 4, "data": {"next/predictor_seconds_total": 7.5, "next/events": 1.0}}) + "\n")
+    md = compare.report(tmp_path, ["grpo", "grpo_lora", "next", "capo"], [1], 4)
+    st = json.loads((tmp_path / "summary.json").read_text())["stats"]
+    assert st["next"]["reference"] == "grpo_lora" and st["next"]["reached"] == "1/1"  # 0.4 >= LoRA GRPO's 0.4
+    assert st["capo"]["reference"] == "grpo" and st["capo"]["reached"] == "0/1"  # 0.6 < GRPO's 0.7
+    assert st["next"]["paired_final_diff"][0] == pytest.approx(0.05)
+    assert "NExt predictor 7.5 s, 1.0 events" in md
+    assert compare.rule_of("capo_gxpo_k5") == "gxpo" and compare.rule_of("next") == "grpo"
+
+
+def test_rows_are_validated_before_anything_runs(capsys):
+    with pytest.raises(SystemExit):
+        compare.main(["--rows", "grpo,next", "--report-only"])
+    assert "add grpo_lora" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        compare.main(["--rows", "grpo,gxpo_fast", "--report-only"])
+    assert "gxpo_fast" in capsys.readouterr().err
 
 
 def test_report_writes_summary_and_plot(tmp_path):
@@ -113,3 +140,16 @@ def test_report_writes_summary_and_plot(tmp_path):
 def test_t_quantiles():
     assert compare.t975(2) == pytest.approx(4.303) and compare.t975(100) == pytest.approx(1.96)
     assert compare.mean_ci([0.5])[1] != compare.mean_ci([0.5])[1]  # nan for one seed
+
+
+def test_resume_keeps_finished_runs_with_the_same_overrides_only(tmp_path):
+    run_dir = tmp_path / "grpo" / "seed1"
+    run_dir.mkdir(parents=True)
+    args = compare.run_args("grpo", 1, run_dir, 20, [])
+    (run_dir / "meta.json").write_text(json.dumps({"row": "grpo", "seed": 1, "overrides": args}))
+    assert not compare.finished(run_dir, args)  # no wall_s.txt: it did not finish
+    (run_dir / "wall_s.txt").write_text("61.0\n")
+    assert compare.finished(run_dir, args)
+    assert not compare.finished(run_dir, compare.run_args("grpo", 1, run_dir, 30, []))  # other steps: rerun
+    assert compare.run_one("grpo", 1, tmp_path, 20, [], resume=True) == (run_dir, 61.0)
+    assert not (run_dir / "stdout.log").exists()  # nothing ran
