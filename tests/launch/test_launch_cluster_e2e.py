@@ -1,15 +1,15 @@
 """The cluster path end to end on the embedded task, against a Ray head started here on loopback.
 
-README's reproduction steps, in order: ``launch.submit`` a short run, submit the same run name again
-with more steps (it resumes: step count, gate state and backward-pass count continue), a
-``launch.sweep`` over K, then ``launch.report`` over the log directory. Every output must be under
+README's reproduction steps: a ``launch.sweep`` over K (two jobs, each through ``launch.submit``'s
+submission code), ``launch.submit`` of one of those run names again with more steps (it resumes: step
+count, gate state and backward-pass count continue), then ``launch.report`` over the log directory. Every output must be under
 the run's log directory, none in Ray's copy of the working dir. Then a Hydra multirun of two jobs
 (each to the end, in its own run directory named from its overrides) and its rerun, which trains
 nothing and says so.
 
 The jobs import this checkout's code: the launchers upload the project root (this file's parent's
 parent) as the job's working_dir, which Ray puts first on the job's ``sys.path``.
-Slow: about 1-2 minutes per training run on 2 cores (6 runs).
+Slow: about 2-4 minutes per training run on 2 cores (5 runs: 3 here, 2 in the multirun).
 """
 
 from __future__ import annotations
@@ -47,9 +47,10 @@ def _rule_state(run_dir: str, step: int) -> dict:
 
 
 def _short(embedded: str, steps: int) -> list[str]:
-    """A short embedded run: validation and a checkpoint at every step, no step-0 validation."""
+    """A short embedded run: validation (on 32 of the 200 held-out problems) and a checkpoint at every
+    step, no step-0 validation."""
     return [f"gxpo_embedded.dir={embedded}", f"trainer.total_training_steps={steps}", "trainer.test_freq=1",
-            "trainer.save_freq=1", "trainer.val_before_train=false"]
+            "trainer.save_freq=1", "trainer.val_before_train=false", "data.val_max_samples=32"]
 
 
 def _call(args: list[str], env: dict, cwd: str = ROOT, timeout: int = 900) -> str:
@@ -76,28 +77,27 @@ def test_readme_cluster_steps_submit_resubmit_sweep_report(ray_head, embedded, t
     env, address = ray_head["env"], ray_head["address"]
     launch = ["--address", address, "--log-dir", logs, "--working-dir", ROOT, "--python", sys.executable, "--wait"]
 
-    # 1. one run (fails today at once: the job's and ray.init's runtime envs conflict)
-    _call(["-m", "launch.submit", "--name", "arith", *launch, "--", *_short(embedded, 1)], env)
-    run_dir = os.path.join(logs, "arith")
-    m = _metrics(run_dir)
-    assert 1 in m and VAL in m[1] and m[1]["gxpo/backward_passes"] == 6, sorted(m)
-    assert os.path.isdir(os.path.join(run_dir, "global_step_1", "actor"))
+    # 1. a sweep: one job per K, each submitted by launch.submit's code path (which failed at once
+    # before the fix: the job's and ray.init's runtime envs conflicted), each in its own run directory
+    _call(["-m", "launch.sweep", "--name-prefix", "kgrid", "--grid", "actor_rollout_ref.actor.gxpo.K=3,5",
+           "--max-concurrent", "1", *launch, "--", *_short(embedded, 1)], env, timeout=1800)
+    for k in (3, 5):
+        sweep_dir = os.path.join(logs, f"kgrid_tiny-qwen2-warm_k{k}_s1")
+        m = _metrics(sweep_dir)
+        assert 1 in m and VAL in m[1] and m[1]["gxpo/backward_passes"] == 6, (sweep_dir, sorted(m))
+        assert os.path.isdir(os.path.join(sweep_dir, "global_step_1", "actor")), sweep_dir
 
-    # 2. the same name with more steps resumes the run from its checkpoint
-    out = _call(["-m", "launch.submit", "--name", "arith", *launch, "--", *_short(embedded, 2)], env)
-    assert "resubmitting as 'arith-" in out
+    # 2. launch.submit with the name of a finished run and more steps resumes it from its checkpoint
+    name = "kgrid_tiny-qwen2-warm_k3_s1"
+    run_dir = os.path.join(logs, name)
+    out = _call(["-m", "launch.submit", "--name", name, *launch, "--", "actor_rollout_ref.actor.gxpo.K=3",
+                 *_short(embedded, 2)], env)
+    assert f"resubmitting as '{name}-" in out
     m = _metrics(run_dir)
     assert m[2]["gxpo/backward_passes"] == 12 and m[2]["gxpo/optimizer_steps"] == 12  # counters continued
     s1, s2 = _rule_state(run_dir, 1), _rule_state(run_dir, 2)
     assert (s1["n_updates"], s2["n_updates"]) == (2, 4)
     assert s2["gate"]["buffer"][:2] == s1["gate"]["buffer"]  # the same rolling gate buffer, continued
-
-    # 3. a sweep: one job per K, each in its own run directory
-    _call(["-m", "launch.sweep", "--name-prefix", "kgrid", "--grid", "actor_rollout_ref.actor.gxpo.K=3,5",
-           "--max-concurrent", "1", *launch, "--", *_short(embedded, 1)], env, timeout=1800)
-    for k in (3, 5):
-        sweep_dir = os.path.join(logs, f"kgrid_tiny-qwen2-warm_k{k}_s1")
-        assert 1 in _metrics(sweep_dir) and os.path.isdir(os.path.join(sweep_dir, "global_step_1")), sweep_dir
 
     # nothing was written into Ray's copy of the working dir
     copies = glob.glob(os.path.join(ray_head["temp_dir"], "**", "working_dir_files", "*"), recursive=True)
@@ -114,7 +114,7 @@ def test_readme_cluster_steps_submit_resubmit_sweep_report(ray_head, embedded, t
           clean_env(PYTHONPATH=ROOT))
     assert os.path.exists(os.path.join(report, "report.md"))
     runs = open(os.path.join(report, "runs.csv")).read()
-    assert "arith" in runs and "kgrid_tiny-qwen2-warm_k3_s1" in runs and "kgrid_tiny-qwen2-warm_k5_s1" in runs
+    assert "kgrid_tiny-qwen2-warm_k3_s1" in runs and "kgrid_tiny-qwen2-warm_k5_s1" in runs
 
 
 def test_hydra_multirun_runs_every_job_in_its_own_run_dir(embedded, tmp_path):

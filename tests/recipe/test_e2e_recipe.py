@@ -2,9 +2,10 @@
 
 Ray, TransferQueue, the agent loop with the HF rollout (weights synced every step), the arithmetic
 reward, the reference model (KL loss), GRPO advantages, the GXPO actor worker, validation and
-checkpoints -- then a resume from that checkpoint, and the same job through a plain ``ray job submit``
-to a locally started Ray head (the launchers' path is tests/launch/test_launch_cluster_e2e.py). Slow: about
-1.5-2 minutes per run on 2 cores.
+checkpoints (validation on 32 of the 200 held-out problems to keep it short) -- and the same job
+through a plain ``ray job submit`` to a locally started Ray head. Resuming from a checkpoint (counters
+and gate state continue) is tested on the launchers' path, tests/launch/test_launch_cluster_e2e.py.
+Slow: about 2-3 minutes per run on 2 cores.
 """
 
 from __future__ import annotations
@@ -54,11 +55,11 @@ def embedded(embedded_assets_dir):
 def _common(embedded, ckpt, steps):
     return [
         f"gxpo_embedded.dir={embedded}", f"trainer.default_local_dir={ckpt}", f"trainer.total_training_steps={steps}",
-        "trainer.test_freq=2", "trainer.save_freq=2", "trainer.logger=[console,file]",
+        "trainer.test_freq=2", "trainer.save_freq=2", "trainer.logger=[console,file]", "data.val_max_samples=32",
     ]
 
 
-def test_main_job_runs_every_stage_then_resumes(embedded, tmp_path):
+def test_main_job_runs_every_stage(embedded, tmp_path):
     ckpt = str(tmp_path / "ckpt")
     log = _run(_common(embedded, ckpt, 2), cwd=tmp_path)
     assert glob.glob(os.path.join(embedded, "*", "tiny-qwen2-warm", "config.json"))  # built on first use
@@ -81,14 +82,6 @@ def test_main_job_runs_every_stage_then_resumes(embedded, tmp_path):
     assert state["rule"] == "gxpo" and state["n_updates"] == 4 and state["gate"]["n_observed"] == 4
     assert "GXPO recipe run finished" in log and "val-core/arithmetic/acc/mean@4: start" in log
 
-    # resume: the same command with more steps continues from global_step_2
-    _run(_common(embedded, ckpt, 4), cwd=tmp_path)
-    m = _metrics(ckpt)
-    assert {3, 4} <= set(m)
-    assert m[3]["gxpo/backward_passes"] == 18 and m[4]["gxpo/backward_passes"] == 24  # counters continued
-    state4 = torch.load(os.path.join(ckpt, "global_step_4", "actor", "update_rule_rank0.pt"), weights_only=False)
-    assert state4["n_updates"] == 8 and state4["gate"]["n_observed"] == 8
-    assert state4["gate"]["buffer"][:4] == state["gate"]["buffer"]  # the same rolling buffer, continued
 
 
 def test_direct_ray_job_submit_warns_when_outputs_land_in_the_working_dir_copy(embedded, tmp_path):
@@ -97,7 +90,7 @@ def test_direct_ray_job_submit_warns_when_outputs_land_in_the_working_dir_copy(e
     with local_ray_head() as head:
         env, address = head["env"], head["address"]
         args = [f"gxpo_embedded.dir={embedded}", "trainer.total_training_steps=1", "trainer.val_before_train=false",
-                "trainer.test_freq=-1", "trainer.save_freq=1"]
+                "trainer.test_freq=-1", "trainer.save_freq=1", "data.val_max_samples=32"]
         proc = subprocess.run(
             [RAY, "job", "submit", "--address", address, "--working-dir", ROOT,
              "--runtime-env-json", json.dumps({"excludes": [".git", ".venv", "tests/fixtures"]}),
