@@ -1,14 +1,17 @@
 """Run metadata shared by the launchers and the report.
 
-A run is described by ``model``, ``method`` (grpo | sfpo | gxpo), ``K``, ``alpha`` and ``seed``. The
-launchers put these into run names and Ray job metadata; the report recovers them, in this order of
-preference, from a run's saved config (Hydra ``.hydra/config.yaml``, wandb config, the launcher's
-``launch-*.json``), from its Hydra overrides, and last from its run name.
+A run is described by ``model``, ``method`` (the update rule: grpo | sfpo | gxpo), ``K``, ``alpha``,
+``seed``, ``accel`` (the accelerator beside the rule: ``capo`` = CAPO's token mask, ``next`` = NExt's
+predict-extend; absent for none) and ``lora`` (the LoRA rank; absent or 0 for full-parameter
+training). The launchers put these into run names and Ray job metadata; the report recovers them,
+in this order of preference, from a run's saved config (Hydra ``.hydra/config.yaml``, wandb config,
+the launcher's ``launch-*.json``), from its Hydra overrides, and last from its run name.
 
 Run names written by ``launch.sweep`` look like ``table1_qwen2.5-1.5b_gxpo_k5_a1.0_s1``: tokens are
 separated by ``_``; the method is one of the update rules, ``k<int>`` is K, ``a<float>`` is alpha,
-``s<int>`` the seed, and the model is the token right before the method (any token that looks like a
-model name: ``qwen2.5-1.5b``, ``llama3.2-3b``, ...).
+``s<int>`` the seed, ``capo`` / ``next`` the accelerator, ``lora<int>`` the LoRA rank, and the model
+is the token right before the method (any token that looks like a model name: ``qwen2.5-1.5b``,
+``llama3.2-3b``, ...).
 """
 
 from __future__ import annotations
@@ -29,6 +32,11 @@ DEFAULT_ALPHA = {"gxpo": _GXPO.alpha, "sfpo": _SFPO.alpha}
 # Hydra keys of the public config contract.
 KEY_RULE = "actor_rollout_ref.actor.update_rule"
 KEY_MODEL_PATH = "actor_rollout_ref.model.path"
+KEY_LORA_RANK = "actor_rollout_ref.model.lora_rank"
+#: accelerator -> the config switch that turns it on (conf/method/capo*.yaml, conf/method/next.yaml)
+ACCELERATORS = {"capo": "actor_rollout_ref.actor.capo.enable", "next": "actor_rollout_ref.actor.next.enable"}
+#: metadata fields in the order the launchers record them and the report groups by
+META_FIELDS = ("model", "method", "K", "alpha", "seed", "accel", "lora")
 DEFAULT_SEED_KEY = "data.seed"
 # Hydra groups of conf/ that select the base model / the update-rule preset.
 MODEL_GROUPS = ("base_model", "model")
@@ -44,6 +52,24 @@ def backward_passes_per_update(method: str | None, K: int | None) -> int | None:
     if method == "gxpo":
         return 3
     return None
+
+
+def method_title(method: str | None, K: int | None = None, accel: str | None = None,
+                 lora: int | None = None, alpha: float | None = None) -> str:
+    """The row name the report prints: ``GRPO``, ``GXPO K=5``, ``CAPO+GRPO``, ``CAPO+GXPO K=5``,
+    ``NExt (LoRA GRPO)``, ``GRPO (LoRA r8)``; ``alpha`` is added when given (``α=0.5``)."""
+    title = {"grpo": "GRPO", "sfpo": "SFPO", "gxpo": "GXPO"}.get(str(method), str(method))
+    if method != "grpo" and K is not None:
+        title += f" K={K}"
+        if alpha is not None:
+            title += f" α={alpha:g}"
+    if accel == "capo":
+        return f"CAPO+{title}"
+    if accel == "next":
+        return f"NExt (LoRA {title})"
+    if lora:
+        return f"{title} (LoRA r{lora})"
+    return title
 
 
 def display_model(name: str | None) -> str | None:
@@ -72,16 +98,29 @@ def _num(text: str) -> float | int | None:
 
 
 def parse_method_group(choice: str) -> dict[str, Any]:
-    """``gxpo_k5`` -> {method: gxpo, K: 5}; ``grpo`` -> {method: grpo}; else {}."""
-    m = re.fullmatch(r"(grpo|sfpo|gxpo)(?:[_-]k(\d+))?(?:[_-]a(\d+(?:\.\d+)?))?", str(choice).strip().lower())
+    """A ``conf/method`` option (or ``gxpo_run.method``) -> metadata: ``gxpo_k5`` -> {method: gxpo, K: 5};
+    ``grpo`` -> {method: grpo}; ``capo`` -> {method: grpo, accel: capo}; ``capo_gxpo_k5`` ->
+    {method: gxpo, K: 5, accel: capo}; ``next`` -> {method: grpo, accel: next}; else {}."""
+    m = re.fullmatch(r"(?:(capo|next)(?:[_-](grpo|sfpo|gxpo))?|(grpo|sfpo|gxpo))"
+                     r"(?:[_-]k(\d+))?(?:[_-]a(\d+(?:\.\d+)?))?", str(choice).strip().lower())
     if not m:
         return {}
-    out: dict[str, Any] = {"method": m.group(1)}
-    if m.group(2):
-        out["K"] = int(m.group(2))
-    if m.group(3):
-        out["alpha"] = float(m.group(3))
+    accel, rule = m.group(1), m.group(2) or m.group(3) or "grpo"
+    out: dict[str, Any] = {"method": rule}
+    if accel:
+        out["accel"] = accel
+    if m.group(4):
+        out["K"] = int(m.group(4))
+    if m.group(5):
+        out["alpha"] = float(m.group(5))
     return out
+
+
+def _truthy(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().strip("'\"").lower()
+    return {"true": True, "1": True, "false": False, "0": False}.get(text)
 
 
 def split_override(override: str) -> tuple[str, str] | None:
@@ -110,6 +149,17 @@ def meta_from_overrides(overrides: Iterable[str], seed_key: str = DEFAULT_SEED_K
             meta["method"] = value.lower()
         elif key == KEY_MODEL_PATH and "model" not in meta:
             meta["model"] = value
+        elif key == KEY_LORA_RANK:
+            n = _num(value)
+            if isinstance(n, int):
+                meta["lora"] = n
+        elif key in ACCELERATORS.values():
+            accel = next(a for a, k in ACCELERATORS.items() if k == key)
+            on = _truthy(value)
+            if on:
+                meta["accel"] = accel
+            elif on is False and meta.get("accel") == accel:
+                meta["accel"] = None  # switched off again by a later override
         elif key == seed_key or key == "seed":
             n = _num(value)
             if n is not None:
@@ -168,6 +218,16 @@ def meta_from_config(cfg: Mapping[str, Any] | None, seed_key: str = DEFAULT_SEED
                 v = _get(cfg, f"actor_rollout_ref.actor.{meta['method']}.{field}")
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     meta[field] = v
+    for accel, key in ACCELERATORS.items():
+        if _get(cfg, key) is True:
+            meta["accel"] = accel
+            break
+    else:
+        if isinstance(rule, str):
+            meta["accel"] = None  # a full config says so: no accelerator
+    lora = _get(cfg, KEY_LORA_RANK)
+    if isinstance(lora, int) and not isinstance(lora, bool):
+        meta["lora"] = lora
     path = _get(cfg, KEY_MODEL_PATH)
     run_model = _get(cfg, "gxpo_run.model")  # the conf/base_model option name, when composed from conf/
     if isinstance(run_model, str) and run_model:
@@ -208,6 +268,14 @@ def meta_from_name(name: str) -> dict[str, Any]:
     m = re.search(_B + r"(?:s|seed)(\d+)" + _E, low)
     if m:
         meta["seed"] = int(m.group(1))
+    m = re.search(_B + r"(capo|next)" + _E, low)
+    if m:
+        meta["accel"] = m.group(1)
+        if "method" not in meta:
+            meta["method"] = "grpo"
+    m = re.search(_B + r"lora(\d+)" + _E, low)
+    if m:
+        meta["lora"] = int(m.group(1))
     for pat in _MODEL_PATTERNS:
         m = re.search(pat, low)
         if m:
@@ -223,12 +291,22 @@ def meta_from_name(name: str) -> dict[str, Any]:
 
 
 def merge_meta(*sources: Mapping[str, Any]) -> dict[str, Any]:
-    """First source that has a field wins; fills rule defaults for K/alpha; drops K/alpha for GRPO."""
+    """First source that has a field wins; fills rule defaults for K/alpha; drops K/alpha for GRPO.
+
+    ``accel: None`` in a source (a full config with every accelerator off) is an answer too: later
+    sources cannot add one; ``accel`` is absent from the result when there is none, and ``lora`` when
+    it is 0."""
     out: dict[str, Any] = {}
     for src in sources:
         for k, v in (src or {}).items():
-            if v is not None and k not in out:
+            if k == "accel" and k in (src or {}) and k not in out:
                 out[k] = v
+            elif v is not None and k not in out:
+                out[k] = v
+    if out.get("accel") is None:
+        out.pop("accel", None)
+    if not out.get("lora"):
+        out.pop("lora", None)
     hint = out.pop("_rule_hint", None)
     if "method" not in out and hint:
         out["method"] = hint

@@ -31,7 +31,11 @@ TABLE1_NOTES = """\
   knowing that either choice here may differ from the paper's.
 - pass@1 is verl's `mean@N` (mean accuracy over the N samples per prompt); pass@k for k > 1 is
   the unbiased estimator 1 - C(n-c, k)/C(n, k) logged as `val-core/<ds>/acc/pass@<k>`, not verl's
-  bootstrap `best@k`."""
+  bootstrap `best@k`.
+- Extra rows: CAPO+<rule> (CAPO's token mask; no extra backward pass) and NExt (LoRA GRPO with
+  NExt's predict-extend). Each row is measured against the same model's plain GRPO with the same
+  LoRA rank (column `vs` of Table 2): NExt against LoRA GRPO. Hours are the sum of
+  `timing_s/step`, which includes NExt's predictor fits (their own total: `NExt predictor s`)."""
 
 
 def largest_pass_k(runs: Sequence[Run], opts: Options) -> int | None:
@@ -74,6 +78,7 @@ def build_report(run_paths: Sequence[str], out: str | os.PathLike, metrics: Sequ
         hr = hours(r, opts.include_val_time)
         inv.append({"run": r.name, "format": r.kind, "model": r.meta.get("model_display"),
                     "method": r.meta.get("method"), "K": r.meta.get("K"), "alpha": r.meta.get("alpha"),
+                    "accel": r.meta.get("accel"), "lora": r.meta.get("lora") or 0,
                     "seed": r.meta.get("seed"), "last_step": r.last_step, "total_steps": r.total_steps,
                     "backward_passes": float(bp.iloc[-1]) if len(bp) else None, "bp_source": src,
                     "hours": float(hr.iloc[-1]) if len(hr) else None,

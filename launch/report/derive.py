@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from launch import runmeta
-from launch.report.metadata import BENCHMARKS, METHOD_ORDER, METHOD_TITLE, MODEL_ORDER, Run
+from launch.report.metadata import ACCEL_ORDER, BENCHMARKS, METHOD_ORDER, MODEL_ORDER, Run
 
 EPS = 1e-12
 
@@ -136,14 +136,27 @@ class Group:
     def alpha(self):
         return self.key[3]
 
-    def label(self, show_alpha: bool = False) -> str:
-        title = METHOD_TITLE.get(self.method, str(self.method))
-        if self.method == "grpo" or self.K is None:
-            return title
-        out = f"{title} K={self.K}"
-        if show_alpha:
-            out += f" α={self.alpha:g}"
-        return out
+    @property
+    def accel(self) -> str | None:
+        """The accelerator beside the update rule: ``capo``, ``next`` or None."""
+        return self.key[4]
+
+    @property
+    def lora(self) -> int:
+        """The LoRA rank (0: full-parameter training)."""
+        return self.key[5]
+
+    def label(self, show_alpha: bool = False, show_lora: bool = False) -> str:
+        """``GXPO K=5``, ``CAPO+GXPO K=5``, ``NExt (LoRA GRPO)``; ``show_lora`` names the rank of a
+        LoRA row (when its model has full-parameter rows too)."""
+        return runmeta.method_title(self.method, None if self.method == "grpo" else self.K, self.accel,
+                                    self.lora if show_lora else None, self.alpha if show_alpha else None)
+
+    def is_reference_for(self, other: "Group") -> bool:
+        """Whether this group is ``other``'s GRPO: same model, plain GRPO (no accelerator), same LoRA
+        rank -- so NExt, which trains LoRA adapters, is measured against LoRA GRPO."""
+        return (self.model == other.model and self.method == "grpo" and self.accel is None
+                and self.lora == other.lora)
 
     def curve(self, spec: str, opts: Options) -> pd.DataFrame:
         """Seed-averaged curve on the validation steps every seed has."""
@@ -208,13 +221,25 @@ def metric_label(spec: str, opts: Options) -> str:
 
 
 def sort_key(key: tuple):
-    model, method, K, alpha = key
+    model, method, K, alpha, accel, lora = key
     mi = MODEL_ORDER.index(model) if model in MODEL_ORDER else len(MODEL_ORDER)
-    return (mi, str(model), METHOD_ORDER.get(method, 9), K or 0, alpha or 0)
+    return (mi, str(model), lora or 0, ACCEL_ORDER.get(accel, 9), METHOD_ORDER.get(method, 9), K or 0, alpha or 0)
+
+
+def reference_group(groups: Sequence[Group], g: Group) -> Group | None:
+    """``g``'s GRPO among ``groups`` (see :meth:`Group.is_reference_for`), or None."""
+    return next((r for r in groups if r.is_reference_for(g)), None)
+
+
+def model_reference(groups: Sequence[Group], model: str) -> Group | None:
+    """The model's plain GRPO for budgets shared by all its rows: full-parameter if it ran, else the
+    smallest LoRA rank."""
+    refs = [g for g in groups if g.model == model and g.method == "grpo" and g.accel is None]
+    return min(refs, key=lambda g: g.lora) if refs else None
 
 
 def group_runs(runs: Sequence[Run]) -> list[Group]:
-    """Runs with the same (model, method, K, alpha) form one group; their curves are averaged."""
+    """Runs with the same (model, method, K, alpha, accel, lora) form one group; their curves are averaged."""
     groups: dict[tuple, list[Run]] = {}
     for r in runs:
         groups.setdefault(r.key, []).append(r)
@@ -234,8 +259,13 @@ def _show_alpha(groups: Sequence[Group]) -> bool:
     return False
 
 
-def _base_cols(g: Group, show_alpha: bool) -> dict[str, Any]:
-    d = {"Model": g.model, "Method": METHOD_TITLE.get(g.method, str(g.method)),
+def _show_lora(groups: Sequence[Group], g: Group) -> bool:
+    """Name the LoRA rank of ``g`` when its model has rows of another rank (full-parameter included)."""
+    return len({x.lora for x in groups if x.model == g.model}) > 1
+
+
+def _base_cols(g: Group, show_alpha: bool, show_lora: bool = False) -> dict[str, Any]:
+    d = {"Model": g.model, "Method": runmeta.method_title(g.method, None, g.accel, g.lora if show_lora else None),
          "K": "–" if g.method == "grpo" or g.K is None else g.K}
     if show_alpha:
         d["α"] = "–" if g.method == "grpo" or g.alpha is None else g.alpha

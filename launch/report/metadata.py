@@ -1,5 +1,6 @@
-"""Runs and their metadata (model, method = update rule, K, alpha, seed, configured total steps),
-from side files, saved configs, Hydra's records, launcher records and the run name."""
+"""Runs and their metadata (model, method = update rule, K, alpha, seed, accelerator (CAPO / NExt),
+LoRA rank, configured total steps), from side files, saved configs, Hydra's records, launcher
+records and the run name."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ BENCHMARKS: dict[str, str] = {
 MODEL_ORDER = ["Qwen2.5-1.5B", "Qwen2.5-3B", "Qwen2.5-7B", "Llama3.2-3B"]
 METHOD_ORDER = {"grpo": 0, "sfpo": 1, "gxpo": 2}
 METHOD_TITLE = {"grpo": "GRPO", "sfpo": "SFPO", "gxpo": "GXPO"}
+#: rows without an accelerator first, then CAPO, then NExt (each in METHOD_ORDER)
+ACCEL_ORDER = {None: 0, "capo": 1, "next": 2}
 #: config key holding the configured number of training steps
 TOTAL_STEPS_KEY = "trainer.total_training_steps"
 
@@ -50,8 +53,10 @@ class Run:
 
     @property
     def key(self) -> tuple:
+        """(model, method, K, alpha, accel, lora): the runs of one key are seeds of one table row."""
         m = self.meta
-        return (m.get("model_display"), m.get("method"), m.get("K"), m.get("alpha"))
+        return (m.get("model_display"), m.get("method"), m.get("K"), m.get("alpha"), m.get("accel"),
+                m.get("lora") or 0)
 
     @property
     def last_step(self) -> int | None:
@@ -148,11 +153,12 @@ def _read_side_meta(src: Source, seed_key: str) -> tuple[list[tuple[str, dict]],
                 md = dict(job.get("metadata", {}))
                 ovs = json.loads(md.get("overrides", "[]"))
                 m = runmeta.meta_from_overrides(ovs, seed_key)
-                for k in ("model", "method", "K", "alpha", "seed"):
+                for k in runmeta.META_FIELDS:
                     if k in md and k not in m:
                         m[k] = md[k]
-                if "K" in m:
-                    m["K"] = int(float(m["K"]))
+                for k in ("K", "lora"):
+                    if k in m and m[k] is not None:
+                        m[k] = int(float(m[k]))
                 if "alpha" in m:
                     m["alpha"] = float(m["alpha"])
                 found.append((str(launches[-1]), m))
@@ -220,7 +226,7 @@ def _make_run(name: str, kind: str, files, rows, side: list[tuple[str, dict]]) -
     ordered = explicit + others + [("run name", runmeta.meta_from_name(name))]
     meta = runmeta.merge_meta(*[m for _, m in ordered])
     origins = {}
-    for key in ("model", "method", "K", "alpha", "seed"):
+    for key in runmeta.META_FIELDS:
         for origin, m in ordered:
             if m.get(key) is not None:
                 origins[key] = origin

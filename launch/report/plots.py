@@ -1,9 +1,11 @@
 """Accuracy curves against training steps, backward passes and hours (matplotlib, Agg backend).
 
-One panel per model, one line per configuration (method, K, alpha). A configuration with several
+One panel per model, one line per configuration (method, K, alpha; CAPO / NExt rows dotted, SFPO
+dashed; the model's plain GRPO black, a second (LoRA) GRPO grey). A configuration with several
 seeds is drawn as the seed mean with a shaded band from the lowest to the highest seed (on the
 validation steps all its seeds have). The y axis names the metric in words
-(:func:`launch.report.derive.metric_label`, e.g. "Math-500 pass@1 (%)"); GRPO's peak is dotted.
+(:func:`launch.report.derive.metric_label`, e.g. "Math-500 pass@1 (%)"); the black GRPO's peak is a
+grey dotted line.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from launch.report.derive import Group, Options, _show_alpha, metric_label
+from launch.report.derive import Group, Options, _show_alpha, _show_lora, metric_label, model_reference
 from launch.report.markdown import slug
 
 AXES = (("step", "Training steps"), ("bp", "Backward passes (cumulative)"), ("hours", "Wall-clock hours (training)"))
@@ -41,16 +43,19 @@ def make_figure(groups: Sequence[Group], spec: str, opts: Options, axis: str):
             if c.empty:
                 continue
             x = c.index.to_numpy(float) if axis == "step" else c[axis].to_numpy(float)
-            style = "--" if g.method == "sfpo" else "-"
-            lw = 2.2 if g.method == "grpo" else 1.4
+            plain_grpo = g.method == "grpo" and g.accel is None
+            style = "--" if g.method == "sfpo" else (":" if g.accel else "-")
+            lw = 2.2 if plain_grpo else 1.4
             seeds = int(c["seeds"].iloc[0])
-            label = g.label(show_alpha) + (f" (mean of {seeds} seeds, band: min-max)" if seeds > 1 else "")
+            label = g.label(show_alpha, _show_lora(groups, g)) + (
+                f" (mean of {seeds} seeds, band: min-max)" if seeds > 1 else "")
+            ref = model_reference(groups, model)
             (line,) = ax.plot(x, 100.0 * c["acc"].to_numpy(float), style, marker="o", ms=2.5, lw=lw, label=label,
-                              color="black" if g.method == "grpo" else None)
+                              color="black" if g is ref else ("dimgray" if plain_grpo else None))
             if seeds > 1:
                 ax.fill_between(x, 100.0 * c["acc_min"].to_numpy(float), 100.0 * c["acc_max"].to_numpy(float),
                                 color=line.get_color(), alpha=0.2, lw=0)
-            if g.method == "grpo":
+            if g is ref:
                 cc = c[c.index >= 1]
                 if len(cc):
                     ref_peak = 100.0 * float(cc["acc"].max())

@@ -17,8 +17,11 @@ from launch.report.derive import (
     Options,
     _base_cols,
     _show_alpha,
+    _show_lora,
     group_runs,
     interp_at,
+    model_reference,
+    reference_group,
     resolve_metric,
 )
 from launch.report.metadata import Run
@@ -29,7 +32,7 @@ TABLE1_AT = ("final", "best")
 
 @dataclass
 class Table1Row:
-    """One row of Table 1: a (model, method, K, alpha) configuration, its seeds averaged.
+    """One row of Table 1: a (model, method, K, alpha, accel, lora) configuration, its seeds averaged.
 
     ``accuracy`` maps each benchmark's data source to the seed mean (a fraction, NaN when a seed
     lacks it); every seed contributes ALL its benchmarks from ONE evaluation step (``steps``, one
@@ -42,6 +45,8 @@ class Table1Row:
     method: str | None
     K: int | None
     alpha: float | None
+    accel: str | None
+    lora: int
     bp_per_update: int | None
     accuracy: dict[str, float]
     avg: float
@@ -118,7 +123,7 @@ def table1_rows(runs_or_groups: Sequence[Run] | Sequence[Group], at: str = "fina
         flags = [r.complete for r, _, _ in per_seed]
         complete = None if all(f is None for f in flags) else all(f is not False for f in flags)
         rows.append(Table1Row(
-            model=g.model, method=g.method, K=g.K, alpha=g.alpha,
+            model=g.model, method=g.method, K=g.K, alpha=g.alpha, accel=g.accel, lora=g.lora,
             bp_per_update=runmeta.backward_passes_per_update(g.method, g.K), accuracy=acc, avg=float("nan"),
             steps=tuple(s for _, s, _ in per_seed), total_steps=tuple(r.total_steps for r, _, _ in per_seed),
             complete=complete, runs=tuple(r.name for r, _, _ in per_seed)))
@@ -136,8 +141,8 @@ def table1(groups: Sequence[Group], opts: Options, at: str = "final") -> pd.Data
     by_key = {g.key: g for g in groups}
     rows = []
     for r in table1_rows(groups, at, opts):
-        g = by_key[(r.model, r.method, r.K, r.alpha)]
-        row = _base_cols(g, show_alpha)
+        g = by_key[(r.model, r.method, r.K, r.alpha, r.accel, r.lora)]
+        row = _base_cols(g, show_alpha, _show_lora(groups, g))
         row["BP"] = r.bp_per_update
         row["Step"] = r.step_text
         for ds, title in opts.benchmarks.items():
@@ -156,13 +161,22 @@ def table1(groups: Sequence[Group], opts: Options, at: str = "final") -> pd.Data
 @dataclass
 class Table2Row:
     """One row of Table 2 for one metric: peak accuracy (fraction) over validation steps >= 1, and
-    the step / hours / cumulative backward passes of the FIRST validation step reaching GRPO's
-    peak (``threshold``, same model), with speedups GRPO's value / this row's (NaN: not reached)."""
+    the step / hours / cumulative backward passes of the FIRST validation step reaching its GRPO's
+    peak (``threshold``), with speedups GRPO's value / this row's (NaN: not reached).
+
+    Its GRPO (``reference``) is the same model's plain GRPO with the same LoRA rank
+    (:meth:`Group.is_reference_for`): NExt rows are measured against LoRA GRPO. Hours are the sum of
+    ``timing_s/step``, which holds every cost of the actor update -- NExt's predictor fits included
+    (their own total is ``extra_seconds``, over ``extra_events`` events); CAPO's mask costs no
+    backward pass."""
 
     model: str
     method: str | None
     K: int | None
     alpha: float | None
+    accel: str | None
+    lora: int
+    reference: str
     peak_acc: float
     steps_to_match: float
     hours_to_match: float
@@ -172,12 +186,31 @@ class Table2Row:
     bp_speedup: float
     reached: bool
     threshold: float
+    extra_seconds: float = float("nan")
+    extra_events: float = float("nan")
 
 
 _T2_COLUMNS = (("Peak Acc.", "peak_acc"), ("Steps to match GRPO", "steps_to_match"), ("Step speedup", "step_speedup"),
                ("Hours to match GRPO", "hours_to_match"), ("Time speedup", "time_speedup"),
                ("BPs to match GRPO", "bps_to_match"), ("BP speedup", "bp_speedup"), ("reached", "reached"),
-               ("threshold", "threshold"))
+               ("threshold", "threshold"), ("vs", "reference"), ("NExt predictor s", "extra_seconds"),
+               ("NExt events", "extra_events"))
+
+#: cumulative cost counters of an accelerator (logged by verl_ext.workers.next_hook)
+EXTRA_COST = {"next": ("next/predictor_seconds_total", "next/events")}
+
+
+def extra_cost(g: Group) -> tuple[float, float]:
+    """(seconds, events) of ``g``'s accelerator outside the update rule, seed mean of each run's last
+    logged value; NaN for rows without one."""
+    cols = EXTRA_COST.get(g.accel)
+    if not cols:
+        return float("nan"), float("nan")
+    out = []
+    for col in cols:
+        vals = [float(r.hist[col].dropna().iloc[-1]) for r in g.runs if col in r.hist.columns and r.hist[col].notna().any()]
+        out.append(float(np.mean(vals)) if vals else float("nan"))
+    return out[0], out[1]
 
 
 def table2_rows(runs_or_groups: Sequence[Run] | Sequence[Group], spec: str,
@@ -187,30 +220,35 @@ def table2_rows(runs_or_groups: Sequence[Run] | Sequence[Group], spec: str,
     groups = _as_groups(runs_or_groups)
     rows: list[Table2Row] = []
     curves = {g.key: g.curve(spec, opts) for g in groups}
-    for model in dict.fromkeys(g.model for g in groups):
-        mg = [g for g in groups if g.model == model]
-        ref = next((g for g in mg if g.method == "grpo"), None)
+    show = {g.key: _show_lora(groups, g) for g in groups}
+    for g in groups:
+        c = curves[g.key]
+        c = c[c.index >= 1]
+        if c.empty:
+            continue
+        ref = reference_group(groups, g)
+        if ref is None:
+            warnings.warn(f"{g.model} {g.label(show_lora=True)}: no GRPO run with the same model and LoRA rank "
+                          f"({g.lora}) to measure it against; its steps/hours/BPs to GRPO's peak are left empty")
         ref_c = curves[ref.key] if ref else None
         ref_c = ref_c[ref_c.index >= 1] if ref_c is not None else None
         thr = float(ref_c["acc"].max()) if ref_c is not None and len(ref_c) else float("nan")
         ref_match = _first_reach(ref_c, thr) if ref_c is not None else None
-        for g in mg:
-            c = curves[g.key]
-            c = c[c.index >= 1]
-            if c.empty:
-                continue
-            hit = _first_reach(c, thr)
-            vals: dict[str, float] = {}
-            for field_, ratio in (("step", "step_speedup"), ("hours", "time_speedup"), ("bp", "bp_speedup")):
-                val = hit[field_] if hit is not None else np.nan
-                ref_val = ref_match[field_] if ref_match is not None else np.nan
-                vals[field_] = val
-                vals[ratio] = (ref_val / val) if (hit is not None and ref_match is not None and val) else np.nan
-            rows.append(Table2Row(
-                model=g.model, method=g.method, K=g.K, alpha=g.alpha, peak_acc=float(c["acc"].max()),
-                steps_to_match=vals["step"], hours_to_match=vals["hours"], bps_to_match=vals["bp"],
-                step_speedup=vals["step_speedup"], time_speedup=vals["time_speedup"],
-                bp_speedup=vals["bp_speedup"], reached=hit is not None, threshold=thr))
+        hit = _first_reach(c, thr)
+        vals: dict[str, float] = {}
+        for field_, ratio in (("step", "step_speedup"), ("hours", "time_speedup"), ("bp", "bp_speedup")):
+            val = hit[field_] if hit is not None else np.nan
+            ref_val = ref_match[field_] if ref_match is not None else np.nan
+            vals[field_] = val
+            vals[ratio] = (ref_val / val) if (hit is not None and ref_match is not None and val) else np.nan
+        extra_s, extra_n = extra_cost(g)
+        rows.append(Table2Row(
+            model=g.model, method=g.method, K=g.K, alpha=g.alpha, accel=g.accel, lora=g.lora,
+            reference=ref.label(show_lora=show[ref.key]) if ref else "-", peak_acc=float(c["acc"].max()),
+            steps_to_match=vals["step"], hours_to_match=vals["hours"], bps_to_match=vals["bp"],
+            step_speedup=vals["step_speedup"], time_speedup=vals["time_speedup"],
+            bp_speedup=vals["bp_speedup"], reached=hit is not None, threshold=thr,
+            extra_seconds=extra_s, extra_events=extra_n))
     return rows
 
 
@@ -220,11 +258,15 @@ def table2(groups: Sequence[Group], spec: str, opts: Options) -> pd.DataFrame:
     by_key = {g.key: g for g in groups}
     rows = []
     for r in table2_rows(groups, spec, opts):
-        row = _base_cols(by_key[(r.model, r.method, r.K, r.alpha)], show_alpha)
+        g = by_key[(r.model, r.method, r.K, r.alpha, r.accel, r.lora)]
+        row = _base_cols(g, show_alpha, _show_lora(groups, g))
         d = asdict(r)
         row.update({title: d[name] for title, name in _T2_COLUMNS})
         rows.append(row)
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    if not df.empty and not any(g.accel in EXTRA_COST for g in groups):
+        df = df.drop(columns=["NExt predictor s", "NExt events"])  # no row has such a cost
+    return df
 
 
 def _first_reach(c: pd.DataFrame, thr: float) -> dict | None:
@@ -243,7 +285,7 @@ def iso_table(groups: Sequence[Group], opts: Options, axis: str, budgets: Sequen
     rows = []
     for model in dict.fromkeys(g.model for g in groups):
         mg = [g for g in groups if g.model == model]
-        ref = next((g for g in mg if g.method == "grpo"), None)
+        ref = model_reference(groups, model)
         if budgets:
             bud = [float(b) for b in budgets]
         else:
@@ -259,7 +301,7 @@ def iso_table(groups: Sequence[Group], opts: Options, axis: str, budgets: Sequen
             if all(c.empty for c in ccurves.values()):
                 continue
             for b in bud:
-                row = _base_cols(g, show_alpha)
+                row = _base_cols(g, show_alpha, _show_lora(groups, g))
                 row["budget"] = b
                 for ds, title in opts.benchmarks.items():
                     c = ccurves[ds]
