@@ -235,7 +235,7 @@ def build_job(
 
     meta = runmeta.merge_meta(runmeta.meta_from_overrides(overrides), runmeta.meta_from_name(run_name))
     job_meta = {"run_name": run_name, "launcher": "launch.submit", "stamp": stamp, "overrides": json.dumps(overrides)}
-    for key in ("model", "method", "K", "alpha", "seed"):
+    for key in runmeta.META_FIELDS:
         if key in meta:
             job_meta[key] = str(meta[key])
     if log_dir:
@@ -418,6 +418,8 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exclude", action="append", default=[], help="extra working_dir exclude pattern")
     p.add_argument("--entrypoint-num-cpus", type=float, default=None)
     p.add_argument("--entrypoint-num-gpus", type=float, default=None)
+    p.add_argument("--no-precheck", action="store_true",
+                   help="do not compose and check each job's config here before submitting (launch.precheck)")
     p.add_argument("--dry-run", action="store_true", help="print the job JSON and exit without contacting Ray")
     p.add_argument("--wait", action="store_true", help="follow the job until it ends; non-zero exit unless it SUCCEEDED")
 
@@ -458,6 +460,21 @@ def job_from_args(args, name: str, overrides: Sequence[str], submission_id: str 
     )
 
 
+def precheck(args, jobs: Sequence[Mapping[str, Any]]) -> None:
+    """Compose and check every job's config on this machine (:mod:`launch.precheck`) unless
+    ``--no-precheck``; a refusal becomes a :class:`LaunchError` (nothing is submitted)."""
+    if args.no_precheck:
+        return
+    from launch.precheck import PrecheckError, check_jobs
+
+    try:
+        n = check_jobs(jobs, ENTRY_MODULE)
+    except PrecheckError as exc:
+        raise LaunchError(f"{exc} (nothing was submitted; --no-precheck skips this check)") from exc
+    if n:
+        print(f"[precheck] {n} config(s) compose and pass the entry point's checks", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None, client=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     flags, overrides = split_argv(argv)
@@ -466,6 +483,7 @@ def main(argv: Sequence[str] | None = None, client=None) -> int:
     overrides = list(args.overrides) + overrides
     try:
         job = job_from_args(args, args.name, overrides, submission_id=args.submission_id)
+        precheck(args, [job])
     except LaunchError as exc:
         parser.error(str(exc))
     address = normalize_address(args.address)

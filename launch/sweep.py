@@ -22,7 +22,13 @@ still collide are refused before anything is submitted. ``launch.runmeta`` parse
 ``method=``: GRPO, SFPO K=3/5/10, GXPO K=3/5/10), each with ``experiment=paper_math``
 (``--experiment`` to change or ``none`` to drop). ``--paper-rows`` keeps the rows the paper prints
 (no K=10 for Qwen2.5-7B and Llama3.2-3B); ``--models`` / ``--methods`` filter the grid. Extra
-``--grid`` keys multiply the preset.
+``--grid`` keys multiply the preset. ``--methods`` takes any ``conf/method`` option, so the other
+accelerators join the grid as extra rows on the same models and protocol:
+``--methods grpo,gxpo_k5,capo,capo_gxpo_k5,next`` (``next`` needs LoRA: ``base_model=qwen2.5-7b``, or
+``-- actor_rollout_ref.model.lora_rank=...`` and a ``grpo`` row with the same rank as its reference).
+
+Before anything is submitted every job's config is composed and checked here
+(:mod:`launch.precheck`; ``--no-precheck`` skips it): a sweep with one bad run submits none.
 
 Why two sweep mechanisms: a Hydra multirun (``python -m recipe.gxpo.main_gxpo -m K=3,5``) runs its
 jobs one after another in ONE process (one Ray job or one local Ray), fine for a workstation or one
@@ -174,6 +180,15 @@ def _csv(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def method_options() -> list[str]:
+    """The ``method=`` options of conf/ (``conf/method/*.yaml``): Table 1's rules and the extra rows
+    (``capo``, ``capo_gxpo_k5``, ``next``)."""
+    from importlib import resources
+
+    return sorted(f.name[:-5] for f in resources.files("conf").joinpath(METHOD_GROUP).iterdir()
+                  if f.name.endswith(".yaml"))
+
+
 def preset_grid(
     preset: str,
     models: Sequence[str] | None = None,
@@ -185,10 +200,12 @@ def preset_grid(
         raise sub.LaunchError(f"--preset {preset!r}: known presets are {', '.join(PRESETS)}")
     models = list(models) if models else list(TABLE1_MODELS)
     methods = list(methods) if methods else list(TABLE1_METHODS)
-    unknown_methods = [m for m in methods if not runmeta.parse_method_group(m)]
+    options = method_options()
+    unknown_methods = [m for m in methods if m not in options]
     if unknown_methods:
-        raise sub.LaunchError(f"--methods: unknown {unknown_methods}; expected names like "
-                              f"{', '.join(TABLE1_METHODS)}")
+        raise sub.LaunchError(f"--methods: unknown {unknown_methods}; the conf/method options are "
+                              f"{', '.join(options)} (Table 1: {', '.join(TABLE1_METHODS)}; extra rows: "
+                              f"{', '.join(o for o in options if o not in TABLE1_METHODS)})")
     out = []
     for model in models:
         for method in methods:
@@ -356,6 +373,7 @@ def main(argv: Sequence[str] | None = None, client=None, default_preset: str | N
             common=overrides,
         )
         jobs = [sub.job_from_args(args, name, ovs + overrides, metadata={"sweep": prefix}) for name, ovs in runs]
+        sub.precheck(args, jobs)
     except sub.LaunchError as exc:
         parser.error(str(exc))
     address = sub.normalize_address(args.address)

@@ -89,11 +89,12 @@ def test_dry_run_json(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", "/shared/hf")
     monkeypatch.setenv("HF_TOKEN", "hf_secret")  # secret-looking: never passed through implicitly
     job = _dry(capsys, submit, ["--name", "llama3.2-3b_gxpo_k5", "--env", "FOO=bar", "--env", "WANDB_API_KEY=s3cret",
-                                "--dry-run", "--", "base_model=llama3.2-3b", "method=gxpo_k5", "trainer.total_training_steps=300"])
+                                "--dry-run", "--", "experiment=paper_math", "base_model=llama3.2-3b", "method=gxpo_k5",
+                                "trainer.total_training_steps=300"])
     assert set(job) == {"entrypoint", "submission_id", "runtime_env", "metadata"}
     run_dir = (tmp_path / "runs").resolve() / "llama3.2-3b_gxpo_k5"
     assert job["entrypoint"].startswith(
-        "python -m recipe.gxpo.main_gxpo base_model=llama3.2-3b method=gxpo_k5 trainer.total_training_steps=300 "
+        "python -m recipe.gxpo.main_gxpo experiment=paper_math base_model=llama3.2-3b method=gxpo_k5 trainer.total_training_steps=300 "
         f"trainer.experiment_name=llama3.2-3b_gxpo_k5 trainer.default_local_dir={run_dir} hydra.run.dir={run_dir}/hydra/")
     assert job["submission_id"] == "llama3.2-3b_gxpo_k5"
     renv = job["runtime_env"]
@@ -219,7 +220,9 @@ def test_split_values():
 
 
 def test_table1_preset_size_and_filters(capsys):
-    jobs = _dry(capsys, sweep, ["--preset", "table1", "--dry-run"])
+    # (the grid sizes without the precheck: composing 80 configs adds a minute; the precheck of every
+    # Table 1 config is tests/conf's job, the precheck itself is tested below)
+    jobs = _dry(capsys, sweep, ["--preset", "table1", "--dry-run", "--no-precheck"])
     assert len(jobs) == 4 * 7
     names = {j["submission_id"] for j in jobs}
     # seed from the composed config (paper_math: data.seed=1) when not swept
@@ -229,8 +232,8 @@ def test_table1_preset_size_and_filters(capsys):
     meta = runmeta.merge_meta(runmeta.meta_from_name(j["submission_id"]))
     assert (meta["model"], meta["method"], meta["K"]) == ("qwen2.5-7b", "sfpo", 5)
 
-    assert len(_dry(capsys, sweep, ["--preset", "table1", "--paper-rows", "--dry-run"])) == 24
-    assert len(_dry(capsys, paper_table1, ["--dry-run"])) == 28
+    assert len(_dry(capsys, sweep, ["--preset", "table1", "--paper-rows", "--dry-run", "--no-precheck"])) == 24
+    assert len(_dry(capsys, paper_table1, ["--dry-run", "--no-precheck"])) == 28
     sel = _dry(capsys, paper_table1, ["--models", "llama3.2-3b", "--methods", "grpo,gxpo_k5", "--seeds", "1,2,3",
                                       "--dry-run"])
     assert [j["submission_id"] for j in sel] == [f"table1_llama3.2-3b_{m}_s{s}" for m in ("grpo", "gxpo_k5")
@@ -244,8 +247,11 @@ def test_table1_preset_size_and_filters(capsys):
                                       "experiment=paper_math_debug"])
     assert own[0]["entrypoint"].count(" experiment=") == 1
     assert "experiment=paper_math_debug" in own[0]["entrypoint"] and "experiment=paper_math " not in own[0]["entrypoint"]
-    bare = _dry(capsys, paper_table1, ["--models", "llama3.2-3b", "--methods", "grpo", "--experiment", "none",
-                                       "--dry-run"])
+    bare_argv = ["--models", "llama3.2-3b", "--methods", "grpo", "--experiment", "none", "--dry-run"]
+    with pytest.raises(SystemExit):  # a GPU model on the embedded CPU task: the precheck refuses it
+        paper_table1.main(bare_argv)
+    assert "experiment=paper_math" in capsys.readouterr().err
+    bare = _dry(capsys, paper_table1, bare_argv + ["--no-precheck"])
     assert " experiment=" not in bare[0]["entrypoint"]
 
 
@@ -375,3 +381,52 @@ def test_runmeta_defaults_are_the_dataclass_defaults():
     assert (m["K"], m["alpha"]) == (SFPOConfig().K, SFPOConfig().alpha)
     m = runmeta.merge_meta({"method": "gxpo"})
     assert (m["K"], m["alpha"]) == (GXPOConfig().K, GXPOConfig().alpha)
+
+
+# ------------------------------------------------------------------ extra rows and the precheck
+def test_paper_table1_takes_the_accelerator_rows(capsys):
+    jobs = _dry(capsys, paper_table1, ["--models", "qwen2.5-7b", "--methods", "grpo,capo,capo_gxpo_k5,next",
+                                       "--dry-run"])
+    by_id = {j["submission_id"]: j for j in jobs}
+    assert set(by_id) == {"table1_qwen2.5-7b_grpo_s1", "table1_qwen2.5-7b_capo_s1",
+                          "table1_qwen2.5-7b_capo_gxpo_k5_s1", "table1_qwen2.5-7b_next_s1"}
+    meta = by_id["table1_qwen2.5-7b_capo_gxpo_k5_s1"]["metadata"]
+    assert (meta["method"], meta["K"], meta["accel"]) == ("gxpo", "5", "capo")
+    assert by_id["table1_qwen2.5-7b_next_s1"]["metadata"]["accel"] == "next"
+    assert "method=next" in by_id["table1_qwen2.5-7b_next_s1"]["entrypoint"]
+
+
+def test_next_without_lora_is_refused_before_anything_is_submitted(capsys):
+    client = FakeClient()
+    with pytest.raises(SystemExit) as exc:
+        paper_table1.main(["--models", "qwen2.5-1.5b", "--methods", "grpo,next"], client=client)
+    assert exc.value.code == 2 and client.submitted == []  # the valid GRPO run is not submitted either
+    err = capsys.readouterr().err
+    assert "table1_qwen2.5-1.5b_next_s1" in err and "actor_rollout_ref.actor.next.enable" in err
+    assert "lora_rank > 0" in err and "nothing was submitted" in err
+    # with LoRA adapters on that model the same rows go through, GRPO on the same rank as NExt's reference
+    assert paper_table1.main(["--models", "qwen2.5-1.5b", "--methods", "grpo,next", "--",
+                              "actor_rollout_ref.model.lora_rank=8"], client=client) == 0
+    assert sorted(j["metadata"]["lora"] for j in client.submitted) == ["8", "8"]
+
+
+def test_submit_precheck_names_the_key_and_can_be_skipped(capsys):
+    client = FakeClient()
+    with pytest.raises(SystemExit) as exc:
+        submit.main(["--name", "bad", "--", "actor_rollout_ref.actor.update_rule=adam"], client=client)
+    assert exc.value.code == 2 and client.submitted == []
+    err = capsys.readouterr().err
+    assert "run bad" in err and "actor_rollout_ref.actor.update_rule" in err and "adam" in err
+    with pytest.raises(SystemExit):
+        submit.main(["--name", "typo", "--", "actor_rollout_ref.actor.gxpo.KK=3"], client=client)
+    assert "does not compose" in capsys.readouterr().err and client.submitted == []
+    assert submit.main(["--name", "bad", "--no-precheck", "--", "actor_rollout_ref.actor.update_rule=adam"],
+                       client=client) == 0
+    assert len(client.submitted) == 1
+
+
+def test_unknown_preset_method_lists_the_conf_options(capsys):
+    with pytest.raises(SystemExit):
+        paper_table1.main(["--methods", "grpo,capo_k5", "--dry-run"])
+    err = capsys.readouterr().err
+    assert "capo_k5" in err and "capo_gxpo_k5" in err and "next" in err

@@ -1,0 +1,68 @@
+"""The driver's config checks, run by the launchers before anything is submitted.
+
+``launch.submit`` / ``launch.sweep`` / ``launch.paper_table1`` compose each job's config here with
+Hydra, exactly as ``recipe.gxpo.main_gxpo`` will on the cluster (same config module, same
+overrides), and run the entry point's own cheap checks on it
+(:func:`recipe.gxpo.main_gxpo.validate_update_rule`: the update rule and its sections, CAPO, NExt's
+need for LoRA adapters, the trainer mode, ...). A bad key or value is then refused on the submitting
+machine, naming the run, the key, the value and what is allowed -- not minutes later in a Ray job
+log, and not after half a sweep was submitted. Checks that need the cluster (model files, GPUs,
+verl's resource checks) stay in the job. ``--no-precheck`` skips this (e.g. a custom ``--module``).
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any, Mapping, Sequence
+
+CONFIG_MODULE = "recipe.gxpo.config"
+CONFIG_NAME = "gxpo_trainer"
+
+
+class PrecheckError(ValueError):
+    """A job's config does not compose, or the entry point's checks refuse it."""
+
+
+def job_overrides(job: Mapping[str, Any], module: str) -> list[str] | None:
+    """The Hydra overrides of a job built by :func:`launch.submit.build_job` (``python -m <module> ...``);
+    None when its entry point is not ``module``."""
+    argv = shlex.split(job["entrypoint"])
+    if len(argv) < 3 or argv[1:3] != ["-m", module]:
+        return None
+    return argv[3:]
+
+
+def check_overrides(overrides_by_run: Sequence[tuple[str, Sequence[str]]]) -> int:
+    """Compose and check each (run name, overrides); raises :class:`PrecheckError` at the first bad
+    one. Returns the number of configs checked."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from recipe.gxpo.main_gxpo import validate_update_rule
+
+    GlobalHydra.instance().clear()
+    n = 0
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
+        for name, overrides in overrides_by_run:
+            try:
+                cfg = compose(CONFIG_NAME, overrides=list(overrides))
+            except Exception as exc:  # Hydra's override / composition errors
+                raise PrecheckError(f"run {name}: the recipe's config does not compose with these overrides: {exc}") from exc
+            try:
+                validate_update_rule(cfg)
+            except ValueError as exc:  # ConfigError names the key, the value and what is allowed
+                raise PrecheckError(f"run {name}: {exc}") from exc
+            n += 1
+    GlobalHydra.instance().clear()
+    return n
+
+
+def check_jobs(jobs: Sequence[Mapping[str, Any]], module: str) -> int:
+    """:func:`check_overrides` for launcher jobs (run name from the job's metadata); jobs whose entry
+    point is not ``module`` are not checked. Returns the number checked."""
+    items = []
+    for job in jobs:
+        ovs = job_overrides(job, module)
+        if ovs is not None:
+            items.append((job.get("metadata", {}).get("run_name", job["submission_id"]), ovs))
+    return check_overrides(items)
