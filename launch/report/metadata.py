@@ -115,7 +115,11 @@ def _read_side_meta(src: Source, seed_key: str) -> tuple[list[tuple[str, dict]],
         if not isinstance(obj, dict):
             continue
         if path.name.endswith("meta.json"):
-            found.append((str(path), dict(obj)))
+            meta = dict(obj)
+            if isinstance(obj.get("overrides"), list):  # recipe.gxpo.compare's meta.json: the run's overrides
+                meta = {**runmeta.meta_from_overrides(obj["overrides"], seed_key),
+                        **{k: v for k, v in obj.items() if k in runmeta.META_FIELDS}}
+            found.append((str(path), meta))
         else:
             if path.parent.name == "files":
                 obj = runmeta.unwrap_wandb_config(obj)

@@ -135,3 +135,18 @@ def test_next_without_its_lora_grpo_is_left_unmeasured(runs_dir, tmp_path):
                                   iso_bp=None, iso_hours=None, plots=False)
     nx = res["table2"]["math500"].set_index("Method").loc["NExt (LoRA GRPO)"]
     assert nx["vs"] == "-" and not bool(nx["reached"])  # not silently measured against full GRPO
+
+
+def test_compare_run_dirs_are_read_from_their_overrides(tmp_path):
+    """``recipe.gxpo.compare`` writes ``meta.json`` = {row, seed, overrides}: the report reads the
+    rule, the accelerator and the LoRA rank from those overrides."""
+    rows = {"grpo": ["actor_rollout_ref.actor.update_rule=grpo"],
+            "capo_gxpo_k5": ["method=capo_gxpo_k5"],
+            "next": ["method=next", "actor_rollout_ref.model.lora_rank=8"]}
+    for row, ovs in rows.items():
+        d = tmp_path / row / "seed2"
+        _write(d, _rows(lambda s: 0.3 + 0.01 * s))
+        (d / "meta.json").write_text(json.dumps({"row": row, "seed": 2, "overrides": [*ovs, "data.seed=2"]}))
+    runs = [r.meta for r in report.load_runs([tmp_path])]
+    got = {(m.get("method"), m.get("K"), m.get("accel"), m.get("lora"), m["seed"]) for m in runs}
+    assert got == {("grpo", None, None, None, 2), ("gxpo", 5, "capo", None, 2), ("grpo", None, "next", 8, 2)}, runs
