@@ -1,7 +1,7 @@
 """Run metadata shared by the launchers and the report.
 
 A run is described by ``model``, ``method`` (the update rule: grpo | sfpo | gxpo), ``K``, ``alpha``,
-``seed``, ``accel`` (the accelerator beside the rule: ``capo`` = CAPO's token mask, ``next`` = NExt's
+``seed``, ``variant`` (GXPO's ``paper_text`` | ``authors``), ``accel`` (the accelerator beside the rule: ``capo`` = CAPO's token mask, ``next`` = NExt's
 predict-extend; absent for none) and ``lora`` (the LoRA rank; absent or 0 for full-parameter
 training). The launchers put these into run names and Ray job metadata; the report recovers them,
 in this order of preference, from a run's saved config (Hydra ``.hydra/config.yaml``, wandb config,
@@ -9,7 +9,7 @@ the launcher's ``launch-*.json``), from its Hydra overrides, and last from its r
 
 Run names written by ``launch.sweep`` look like ``table1_qwen2.5-1.5b_gxpo_k5_a1.0_s1``: tokens are
 separated by ``_``; the method is one of the update rules, ``k<int>`` is K, ``a<float>`` is alpha,
-``s<int>`` the seed, ``capo`` / ``next`` the accelerator, ``lora<int>`` the LoRA rank, and the model
+``s<int>`` the seed, ``variant<name>`` GXPO's variant, ``capo`` / ``next`` the accelerator, ``lora<int>`` the LoRA rank, and the model
 is the token right before the method (any token that looks like a model name: ``qwen2.5-1.5b``,
 ``llama3.2-3b``, ...).
 """
@@ -21,13 +21,16 @@ from typing import Any, Iterable, Mapping
 
 from recipe.gxpo.run_layout import sanitize  # noqa: F401  (re-exported: the launchers and the report name runs with it)
 from verl_ext.core.config import UPDATE_RULES as RULES
-from verl_ext.core.config import GXPOConfig, SFPOConfig
+from verl_ext.core.config import GXPO_VARIANTS, GXPOConfig, SFPOConfig
 
 # Defaults of the config dataclasses (the one source), used when a run only names the rule; GXPO's
 # alpha is resolved from its default variant (paper_text), so instances are read, not class fields.
 _GXPO, _SFPO = GXPOConfig(), SFPOConfig()
 DEFAULT_K = {"gxpo": _GXPO.K, "sfpo": _SFPO.K}
 DEFAULT_ALPHA = {"gxpo": _GXPO.alpha, "sfpo": _SFPO.alpha}
+DEFAULT_VARIANT = _GXPO.variant
+#: GXPO's alpha when a run names only its variant (the variant supplies the default)
+VARIANT_ALPHA = {v: GXPOConfig(variant=v).alpha for v in GXPO_VARIANTS}
 
 # Hydra keys of the public config contract.
 KEY_RULE = "actor_rollout_ref.actor.update_rule"
@@ -36,7 +39,7 @@ KEY_LORA_RANK = "actor_rollout_ref.model.lora_rank"
 #: accelerator -> the config switch that turns it on (conf/method/capo*.yaml, conf/method/next.yaml)
 ACCELERATORS = {"capo": "actor_rollout_ref.actor.capo.enable", "next": "actor_rollout_ref.actor.next.enable"}
 #: metadata fields in the order the launchers record them and the report groups by
-META_FIELDS = ("model", "method", "K", "alpha", "seed", "accel", "lora")
+META_FIELDS = ("model", "method", "K", "alpha", "seed", "variant", "accel", "lora")
 DEFAULT_SEED_KEY = "data.seed"
 # Hydra groups of conf/ that select the base model / the update-rule preset.
 MODEL_GROUPS = ("base_model", "model")
@@ -55,14 +58,17 @@ def backward_passes_per_update(method: str | None, K: int | None) -> int | None:
 
 
 def method_title(method: str | None, K: int | None = None, accel: str | None = None,
-                 lora: int | None = None, alpha: float | None = None) -> str:
+                 lora: int | None = None, alpha: float | None = None, variant: str | None = None) -> str:
     """The row name the report prints: ``GRPO``, ``GXPO K=5``, ``CAPO+GRPO``, ``CAPO+GXPO K=5``,
-    ``NExt (LoRA GRPO)``, ``GRPO (LoRA r8)``; ``alpha`` is added when given (``α=0.5``)."""
+    ``NExt (LoRA GRPO)``, ``GRPO (LoRA r8)``; ``alpha`` is added when given (``α=0.5``), GXPO's
+    ``variant`` too (``GXPO K=5 [authors]``)."""
     title = {"grpo": "GRPO", "sfpo": "SFPO", "gxpo": "GXPO"}.get(str(method), str(method))
     if method != "grpo" and K is not None:
         title += f" K={K}"
         if alpha is not None:
             title += f" α={alpha:g}"
+    if method == "gxpo" and variant:
+        title += f" [{variant}]"
     if accel == "capo":
         return f"CAPO+{title}"
     if accel == "next":
@@ -164,6 +170,8 @@ def meta_from_overrides(overrides: Iterable[str], seed_key: str = DEFAULT_SEED_K
             n = _num(value)
             if n is not None:
                 meta["seed"] = n
+        elif key == "actor_rollout_ref.actor.gxpo.variant":
+            meta["variant"] = value
         else:
             m = re.fullmatch(r"actor_rollout_ref\.actor\.(gxpo|sfpo)\.(K|alpha)", key)
             if m:
@@ -218,6 +226,9 @@ def meta_from_config(cfg: Mapping[str, Any] | None, seed_key: str = DEFAULT_SEED
                 v = _get(cfg, f"actor_rollout_ref.actor.{meta['method']}.{field}")
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     meta[field] = v
+        variant = _get(cfg, "actor_rollout_ref.actor.gxpo.variant")
+        if meta["method"] == "gxpo" and isinstance(variant, str):
+            meta["variant"] = variant
     for accel, key in ACCELERATORS.items():
         if _get(cfg, key) is True:
             meta["accel"] = accel
@@ -268,6 +279,9 @@ def meta_from_name(name: str) -> dict[str, Any]:
     m = re.search(_B + r"(?:s|seed)(\d+)" + _E, low)
     if m:
         meta["seed"] = int(m.group(1))
+    m = re.search(_B + r"variant(" + "|".join(GXPO_VARIANTS) + r")" + _E, low)
+    if m:
+        meta["variant"] = m.group(1)
     m = re.search(_B + r"(capo|next)" + _E, low)
     if m:
         meta["accel"] = m.group(1)
@@ -311,6 +325,11 @@ def merge_meta(*sources: Mapping[str, Any]) -> dict[str, Any]:
     if "method" not in out and hint:
         out["method"] = hint
     method = out.get("method")
+    if method == "gxpo":
+        out.setdefault("variant", DEFAULT_VARIANT)
+        out.setdefault("alpha", VARIANT_ALPHA.get(out["variant"], DEFAULT_ALPHA["gxpo"]))
+    else:
+        out.pop("variant", None)
     if method in DEFAULT_K:
         out.setdefault("K", DEFAULT_K[method])
         out.setdefault("alpha", DEFAULT_ALPHA[method])

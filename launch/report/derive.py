@@ -137,20 +137,27 @@ class Group:
         return self.key[3]
 
     @property
+    def variant(self) -> str | None:
+        """GXPO's variant (``paper_text`` | ``authors``); None for the other rules."""
+        return self.key[4]
+
+    @property
     def accel(self) -> str | None:
         """The accelerator beside the update rule: ``capo``, ``next`` or None."""
-        return self.key[4]
+        return self.key[5]
 
     @property
     def lora(self) -> int:
         """The LoRA rank (0: full-parameter training)."""
-        return self.key[5]
+        return self.key[6]
 
-    def label(self, show_alpha: bool = False, show_lora: bool = False) -> str:
+    def label(self, show_alpha: bool = False, show_lora: bool = False, show_variant: bool = False) -> str:
         """``GXPO K=5``, ``CAPO+GXPO K=5``, ``NExt (LoRA GRPO)``; ``show_lora`` names the rank of a
-        LoRA row (when its model has full-parameter rows too)."""
+        LoRA row (when its model has full-parameter rows too), ``show_variant`` GXPO's variant (when
+        its model has GXPO rows of both)."""
         return runmeta.method_title(self.method, None if self.method == "grpo" else self.K, self.accel,
-                                    self.lora if show_lora else None, self.alpha if show_alpha else None)
+                                    self.lora if show_lora else None, self.alpha if show_alpha else None,
+                                    self.variant if show_variant else None)
 
     def is_reference_for(self, other: "Group") -> bool:
         """Whether this group is ``other``'s GRPO: same model, plain GRPO (no accelerator), same LoRA
@@ -221,9 +228,10 @@ def metric_label(spec: str, opts: Options) -> str:
 
 
 def sort_key(key: tuple):
-    model, method, K, alpha, accel, lora = key
+    model, method, K, alpha, variant, accel, lora = key
     mi = MODEL_ORDER.index(model) if model in MODEL_ORDER else len(MODEL_ORDER)
-    return (mi, str(model), lora or 0, ACCEL_ORDER.get(accel, 9), METHOD_ORDER.get(method, 9), K or 0, alpha or 0)
+    vi = runmeta.GXPO_VARIANTS.index(variant) if variant in runmeta.GXPO_VARIANTS else 9
+    return (mi, str(model), lora or 0, ACCEL_ORDER.get(accel, 9), METHOD_ORDER.get(method, 9), K or 0, vi, alpha or 0)
 
 
 def reference_group(groups: Sequence[Group], g: Group) -> Group | None:
@@ -239,7 +247,7 @@ def model_reference(groups: Sequence[Group], model: str) -> Group | None:
 
 
 def group_runs(runs: Sequence[Run]) -> list[Group]:
-    """Runs with the same (model, method, K, alpha, accel, lora) form one group; their curves are averaged."""
+    """Runs with the same (model, method, K, alpha, variant, accel, lora) form one group; their curves are averaged."""
     groups: dict[tuple, list[Run]] = {}
     for r in runs:
         groups.setdefault(r.key, []).append(r)
@@ -264,8 +272,19 @@ def _show_lora(groups: Sequence[Group], g: Group) -> bool:
     return len({x.lora for x in groups if x.model == g.model}) > 1
 
 
-def _base_cols(g: Group, show_alpha: bool, show_lora: bool = False) -> dict[str, Any]:
-    d = {"Model": g.model, "Method": runmeta.method_title(g.method, None, g.accel, g.lora if show_lora else None),
+def _show_variant(groups: Sequence[Group], g: Group) -> bool:
+    """Name GXPO's variant of ``g`` when its model has GXPO rows of more than one variant."""
+    return g.method == "gxpo" and len({x.variant for x in groups if x.model == g.model and x.method == "gxpo"}) > 1
+
+
+def distinguish(groups: Sequence[Group], g: Group) -> dict[str, bool]:
+    """The ``show_*`` flags of :meth:`Group.label` that tell ``g`` apart from its model's other rows."""
+    return {"show_lora": _show_lora(groups, g), "show_variant": _show_variant(groups, g)}
+
+
+def _base_cols(g: Group, show_alpha: bool, show_lora: bool = False, show_variant: bool = False) -> dict[str, Any]:
+    d = {"Model": g.model, "Method": runmeta.method_title(g.method, None, g.accel, g.lora if show_lora else None,
+                                                          variant=g.variant if show_variant else None),
          "K": "–" if g.method == "grpo" or g.K is None else g.K}
     if show_alpha:
         d["α"] = "–" if g.method == "grpo" or g.alpha is None else g.alpha

@@ -1,4 +1,4 @@
-"""Runs and their metadata (model, method = update rule, K, alpha, seed, accelerator (CAPO / NExt),
+"""Runs and their metadata (model, method = update rule, K, alpha, seed, GXPO variant, accelerator (CAPO / NExt),
 LoRA rank, configured total steps), from side files, saved configs, Hydra's records, launcher
 records and the run name."""
 
@@ -53,10 +53,10 @@ class Run:
 
     @property
     def key(self) -> tuple:
-        """(model, method, K, alpha, accel, lora): the runs of one key are seeds of one table row."""
+        """(model, method, K, alpha, variant, accel, lora): the runs of one key are seeds of one table row."""
         m = self.meta
-        return (m.get("model_display"), m.get("method"), m.get("K"), m.get("alpha"), m.get("accel"),
-                m.get("lora") or 0)
+        return (m.get("model_display"), m.get("method"), m.get("K"), m.get("alpha"), m.get("variant"),
+                m.get("accel"), m.get("lora") or 0)
 
     @property
     def last_step(self) -> int | None:

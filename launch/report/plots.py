@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from launch.report.derive import Group, Options, _show_alpha, _show_lora, metric_label, model_reference
+from launch.report.derive import Group, Options, _show_alpha, distinguish, metric_label, model_reference
 from launch.report.markdown import slug
 
 AXES = (("step", "Training steps"), ("bp", "Backward passes (cumulative)"), ("hours", "Wall-clock hours (training)"))
@@ -47,7 +47,7 @@ def make_figure(groups: Sequence[Group], spec: str, opts: Options, axis: str):
             style = "--" if g.method == "sfpo" else (":" if g.accel else "-")
             lw = 2.2 if plain_grpo else 1.4
             seeds = int(c["seeds"].iloc[0])
-            label = g.label(show_alpha, _show_lora(groups, g)) + (
+            label = g.label(show_alpha, **distinguish(groups, g)) + (
                 f" (mean of {seeds} seeds, band: min-max)" if seeds > 1 else "")
             ref = model_reference(groups, model)
             (line,) = ax.plot(x, 100.0 * c["acc"].to_numpy(float), style, marker="o", ms=2.5, lw=lw, label=label,

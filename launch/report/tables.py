@@ -17,7 +17,7 @@ from launch.report.derive import (
     Options,
     _base_cols,
     _show_alpha,
-    _show_lora,
+    distinguish,
     group_runs,
     interp_at,
     model_reference,
@@ -45,6 +45,7 @@ class Table1Row:
     method: str | None
     K: int | None
     alpha: float | None
+    variant: str | None
     accel: str | None
     lora: int
     bp_per_update: int | None
@@ -123,7 +124,7 @@ def table1_rows(runs_or_groups: Sequence[Run] | Sequence[Group], at: str = "fina
         flags = [r.complete for r, _, _ in per_seed]
         complete = None if all(f is None for f in flags) else all(f is not False for f in flags)
         rows.append(Table1Row(
-            model=g.model, method=g.method, K=g.K, alpha=g.alpha, accel=g.accel, lora=g.lora,
+            model=g.model, method=g.method, K=g.K, alpha=g.alpha, variant=g.variant, accel=g.accel, lora=g.lora,
             bp_per_update=runmeta.backward_passes_per_update(g.method, g.K), accuracy=acc, avg=float("nan"),
             steps=tuple(s for _, s, _ in per_seed), total_steps=tuple(r.total_steps for r, _, _ in per_seed),
             complete=complete, runs=tuple(r.name for r, _, _ in per_seed)))
@@ -141,8 +142,8 @@ def table1(groups: Sequence[Group], opts: Options, at: str = "final") -> pd.Data
     by_key = {g.key: g for g in groups}
     rows = []
     for r in table1_rows(groups, at, opts):
-        g = by_key[(r.model, r.method, r.K, r.alpha, r.accel, r.lora)]
-        row = _base_cols(g, show_alpha, _show_lora(groups, g))
+        g = by_key[(r.model, r.method, r.K, r.alpha, r.variant, r.accel, r.lora)]
+        row = _base_cols(g, show_alpha, **distinguish(groups, g))
         row["BP"] = r.bp_per_update
         row["Step"] = r.step_text
         for ds, title in opts.benchmarks.items():
@@ -174,6 +175,7 @@ class Table2Row:
     method: str | None
     K: int | None
     alpha: float | None
+    variant: str | None
     accel: str | None
     lora: int
     reference: str
@@ -220,7 +222,7 @@ def table2_rows(runs_or_groups: Sequence[Run] | Sequence[Group], spec: str,
     groups = _as_groups(runs_or_groups)
     rows: list[Table2Row] = []
     curves = {g.key: g.curve(spec, opts) for g in groups}
-    show = {g.key: _show_lora(groups, g) for g in groups}
+    show = {g.key: distinguish(groups, g) for g in groups}
     for g in groups:
         c = curves[g.key]
         c = c[c.index >= 1]
@@ -243,8 +245,8 @@ def table2_rows(runs_or_groups: Sequence[Run] | Sequence[Group], spec: str,
             vals[ratio] = (ref_val / val) if (hit is not None and ref_match is not None and val) else np.nan
         extra_s, extra_n = extra_cost(g)
         rows.append(Table2Row(
-            model=g.model, method=g.method, K=g.K, alpha=g.alpha, accel=g.accel, lora=g.lora,
-            reference=ref.label(show_lora=show[ref.key]) if ref else "-", peak_acc=float(c["acc"].max()),
+            model=g.model, method=g.method, K=g.K, alpha=g.alpha, variant=g.variant, accel=g.accel, lora=g.lora,
+            reference=ref.label(**show[ref.key]) if ref else "-", peak_acc=float(c["acc"].max()),
             steps_to_match=vals["step"], hours_to_match=vals["hours"], bps_to_match=vals["bp"],
             step_speedup=vals["step_speedup"], time_speedup=vals["time_speedup"],
             bp_speedup=vals["bp_speedup"], reached=hit is not None, threshold=thr,
@@ -258,8 +260,8 @@ def table2(groups: Sequence[Group], spec: str, opts: Options) -> pd.DataFrame:
     by_key = {g.key: g for g in groups}
     rows = []
     for r in table2_rows(groups, spec, opts):
-        g = by_key[(r.model, r.method, r.K, r.alpha, r.accel, r.lora)]
-        row = _base_cols(g, show_alpha, _show_lora(groups, g))
+        g = by_key[(r.model, r.method, r.K, r.alpha, r.variant, r.accel, r.lora)]
+        row = _base_cols(g, show_alpha, **distinguish(groups, g))
         d = asdict(r)
         row.update({title: d[name] for title, name in _T2_COLUMNS})
         rows.append(row)
@@ -301,7 +303,7 @@ def iso_table(groups: Sequence[Group], opts: Options, axis: str, budgets: Sequen
             if all(c.empty for c in ccurves.values()):
                 continue
             for b in bud:
-                row = _base_cols(g, show_alpha, _show_lora(groups, g))
+                row = _base_cols(g, show_alpha, **distinguish(groups, g))
                 row["budget"] = b
                 for ds, title in opts.benchmarks.items():
                     c = ccurves[ds]

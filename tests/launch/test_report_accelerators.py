@@ -150,3 +150,20 @@ def test_compare_run_dirs_are_read_from_their_overrides(tmp_path):
     runs = [r.meta for r in report.load_runs([tmp_path])]
     got = {(m.get("method"), m.get("K"), m.get("accel"), m.get("lora"), m["seed"]) for m in runs}
     assert got == {("grpo", None, None, None, 2), ("gxpo", 5, "capo", None, 2), ("grpo", None, "next", 8, 2)}, runs
+
+
+def test_gxpo_variants_are_rows_of_their_own(tmp_path):
+    """Both GXPO variants of one model: two rows named by their variant, each with the variant's alpha."""
+    for row, ovs in (("grpo", ["actor_rollout_ref.actor.update_rule=grpo"]),
+                     ("gxpo_paper_text", ["actor_rollout_ref.actor.update_rule=gxpo", "actor_rollout_ref.actor.gxpo.variant=paper_text"]),
+                     ("gxpo_authors", ["actor_rollout_ref.actor.update_rule=gxpo", "actor_rollout_ref.actor.gxpo.variant=authors"])):
+        for seed in (1, 2):
+            d = tmp_path / "runs" / row / f"seed{seed}"
+            _write(d, _rows(lambda s: 0.3 + 0.01 * s))
+            (d / "meta.json").write_text(json.dumps({"row": row, "seed": seed, "overrides": [*ovs, f"data.seed={seed}"]}))
+    res = report.build_report([tmp_path / "runs"], tmp_path / "out", ["math500"], Options(benchmarks=BENCH),
+                              iso_bp=None, iso_hours=None, plots=False)
+    t1 = res["table1"].set_index("Method")
+    assert list(t1.index) == ["GRPO", "GXPO [paper_text]", "GXPO [authors]"] and set(t1["seeds"]) == {2}
+    assert t1.loc["GXPO [paper_text]", "α"] == 1.0 and t1.loc["GXPO [authors]", "α"] == 0.5
+    assert runmeta.meta_from_name("sweep_tiny_gxpo_variantauthors_s1")["variant"] == "authors"
