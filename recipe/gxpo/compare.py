@@ -120,11 +120,15 @@ def val_key(steps: dict[int, dict]) -> Optional[str]:
 
 def run_curve(steps: dict[int, dict], rule: str, metric: Optional[str] = None) -> dict:
     """Validation points of one run: ``{"step": [...], "acc": [...], "bp": [...], "seconds": [...]}``
-    plus ``shutoff`` (the last logged ``<rule>/shutoff_update``; None when not logged or negative)."""
+    plus ``shutoff`` (the last logged ``<rule>/shutoff_update``; None when not logged or negative),
+    NExt's predictor total and events, and CAPO's masked token fraction (mean over the steps)."""
     metric = metric or val_key(steps)
     out = {"step": [], "acc": [], "bp": [], "seconds": [], "shutoff": None, "metric": metric,
-           "next_seconds": None, "next_events": None}
+           "next_seconds": None, "next_events": None, "capo_masked": None}
     bp, seconds = 0.0, 0.0
+    masked = [m for m in (_finite(d.get("capo/masked_frac")) for d in steps.values()) if m is not None]
+    if masked:
+        out["capo_masked"] = sum(masked) / len(masked)
     for step, d in steps.items():
         seconds += _finite(d.get("timing_s/step")) or 0.0
         b = _finite(d.get(f"{rule}/backward_passes"))
@@ -205,6 +209,7 @@ def summarize(curves: dict[str, dict[int, dict]]) -> dict:
             "shutoff": {s: by_seed[s]["shutoff"] for s in seeds},
             "next_seconds": {s: by_seed[s]["next_seconds"] for s in seeds if by_seed[s].get("next_seconds") is not None},
             "next_events_mean": (sum(by_seed[s].get("next_events") or 0 for s in seeds) / len(seeds)) if seeds else 0.0,
+            "capo_masked": {s: by_seed[s]["capo_masked"] for s in seeds if by_seed[s].get("capo_masked") is not None},
             "paired_final_diff": mean_ci(paired_final), "paired_peak_diff": mean_ci(paired_peak),
             "wins_final": f"{sum(d > 0 for d in paired_final)}/{len(paired_final)}",
             "ties_final": sum(d == 0 for d in paired_final),
@@ -229,7 +234,8 @@ def markdown(stats: dict, metric: str, steps: int, wall: dict) -> str:
         f"Validation metric `{metric}`, {steps} training steps, {n} seeds; ± is the 95% Student-t interval over seeds.",
         "\"to GRPO peak\": first evaluation at which the run reaches the peak accuracy of its GRPO reference (column vs) "
         "with the same seed (mean over the seeds that reached it; k/N = how many did). Seconds: training time (sum of "
-        "timing_s/step; NExt's predictor fits run inside the step and are counted, their total in the last column).",
+        "timing_s/step; NExt's predictor fits run inside the step and are counted, their total in the last column; "
+        "for CAPO the last column is the fraction of response tokens its mask removed, mean over steps and seeds).",
         "",
         "| row | vs | step-0 acc | final acc | peak acc | reached GRPO peak | steps to it | BP to it | seconds to it "
         "| shutoff update (per seed) | extra cost |",
@@ -245,6 +251,9 @@ def markdown(stats: dict, metric: str, steps: int, wall: dict) -> str:
         if s.get("next_seconds"):
             v = list(s["next_seconds"].values())
             extra = f"NExt predictor {sum(v) / len(v):.1f} s, {s['next_events_mean']:.1f} events"
+        elif s.get("capo_masked"):
+            v = list(s["capo_masked"].values())
+            extra = f"CAPO masked {100 * sum(v) / len(v):.0f}% of tokens"
         lines.append(
             f"| {row} | {s['reference'] if row != 'grpo' else '-'} | {st0} | {_pm(s['final_mean_ci'])} | "
             f"{_pm(s['peak_mean_ci'])} | {s['reached']} | "
