@@ -109,12 +109,16 @@ def test_lora_rows_are_measured_against_lora_grpo_and_show_the_predictor_cost(tm
     _write_run(tmp_path / "capo" / "seed1", "grpo", [0.3, 0.5, 0.6], 2)
     with open(tmp_path / "next" / "seed1" / "metrics-1.jsonl", "a") as f:
         f.write(json.dumps({"step": 4, "data": {"next/predictor_seconds_total": 7.5, "next/events": 1.0}}) + "\n")
+    with open(tmp_path / "capo" / "seed1" / "metrics-1.jsonl", "a") as f:  # CAPO's mask: 10% then 30% of tokens
+        for step, frac in ((1, 0.1), (2, 0.3)):
+            f.write(json.dumps({"step": step, "data": {"capo/masked_frac": frac}}) + "\n")
     md = compare.report(tmp_path, ["grpo", "grpo_lora", "next", "capo"], [1], 4)
     st = json.loads((tmp_path / "summary.json").read_text())["stats"]
     assert st["next"]["reference"] == "grpo_lora" and st["next"]["reached"] == "1/1"  # 0.4 >= LoRA GRPO's 0.4
     assert st["capo"]["reference"] == "grpo" and st["capo"]["reached"] == "0/1"  # 0.6 < GRPO's 0.7
     assert st["next"]["paired_final_diff"][0] == pytest.approx(0.05)
     assert "NExt predictor 7.5 s, 1.0 events" in md
+    assert "CAPO masked 20% of tokens" in md  # mean over the logged steps
     assert compare.rule_of("capo_gxpo_k5") == "gxpo" and compare.rule_of("next") == "grpo"
 
 
