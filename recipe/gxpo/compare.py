@@ -339,20 +339,28 @@ def reference_of(row: str, rows) -> str:
 
 
 def run_args(row: str, seed: int, run_dir: Path, steps: int, overrides: list[str]) -> list[str]:
+    """The run's Hydra overrides; Hydra's own record of the run (``.hydra/config.yaml``, the
+    resolved config that ``launch.report`` reads) goes into the run directory, not ``./outputs``."""
     return [
         *ROWS[row], f"data.seed={seed}", f"trainer.default_local_dir={run_dir}",
         f"trainer.experiment_name=compare_{row}_s{seed}", f"trainer.total_training_steps={steps}",
-        "trainer.resume_mode=disable", "trainer.save_freq=-1", *overrides,
+        "trainer.resume_mode=disable", "trainer.save_freq=-1", f"hydra.run.dir={run_dir / 'hydra' / 'run'}",
+        *overrides,
     ]
 
 
+def _training_args(args: list[str]) -> list[str]:
+    """The overrides that decide what a run trains (``hydra.*`` only places Hydra's records)."""
+    return [a for a in args if not a.lstrip("+~").startswith("hydra.")]
+
+
 def finished(run_dir: Path, args: list[str]) -> bool:
-    """Did a run with exactly these overrides finish in ``run_dir`` (``wall_s.txt`` is written last)?"""
+    """Did a run with the same training overrides finish in ``run_dir`` (``wall_s.txt`` is written last)?"""
     try:
         meta = json.loads((run_dir / "meta.json").read_text())
     except (OSError, ValueError):
         return False
-    return meta.get("overrides") == args and (run_dir / "wall_s.txt").exists()
+    return _training_args(meta.get("overrides") or []) == _training_args(args) and (run_dir / "wall_s.txt").exists()
 
 
 def run_one(row: str, seed: int, out: Path, steps: int, overrides: list[str], resume: bool = False) -> tuple[Path, float]:

@@ -155,5 +155,8 @@ def test_resume_keeps_finished_runs_with_the_same_overrides_only(tmp_path):
     (run_dir / "wall_s.txt").write_text("61.0\n")
     assert compare.finished(run_dir, args)
     assert not compare.finished(run_dir, compare.run_args("grpo", 1, run_dir, 30, []))  # other steps: rerun
+    # where Hydra keeps its records does not change what was trained (runs from before that override count)
+    assert compare.finished(run_dir, [a for a in args if not a.startswith("hydra.")])
+    assert any(a == f"hydra.run.dir={run_dir / 'hydra' / 'run'}" for a in args)
     assert compare.run_one("grpo", 1, tmp_path, 20, [], resume=True) == (run_dir, 61.0)
     assert not (run_dir / "stdout.log").exists()  # nothing ran
