@@ -12,6 +12,7 @@ verl's resource checks) stay in the job. ``--no-precheck`` skips this (e.g. a cu
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 from typing import Any, Mapping, Sequence
 
@@ -32,20 +33,31 @@ def job_overrides(job: Mapping[str, Any], module: str) -> list[str] | None:
     return argv[3:]
 
 
-def check_overrides(overrides_by_run: Sequence[tuple[str, Sequence[str]]]) -> int:
-    """Compose and check each (run name, overrides); raises :class:`PrecheckError` at the first bad
-    one. Returns the number of configs checked."""
+@contextlib.contextmanager
+def recipe_composer():
+    """Yields ``compose(overrides) -> DictConfig``: the recipe's config as ``main_gxpo`` composes it
+    (Hydra errors propagate). One Hydra initialisation for any number of composes."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
+            yield lambda overrides: compose(CONFIG_NAME, overrides=list(overrides))
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def check_overrides(overrides_by_run: Sequence[tuple[str, Sequence[str]]]) -> int:
+    """Compose and check each (run name, overrides); raises :class:`PrecheckError` at the first bad
+    one. Returns the number of configs checked."""
     from recipe.gxpo.main_gxpo import validate_update_rule
 
-    GlobalHydra.instance().clear()
     n = 0
-    with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
+    with recipe_composer() as compose:
         for name, overrides in overrides_by_run:
             try:
-                cfg = compose(CONFIG_NAME, overrides=list(overrides))
+                cfg = compose(overrides)
             except Exception as exc:  # Hydra's override / composition errors
                 raise PrecheckError(f"run {name}: the recipe's config does not compose with these overrides: {exc}") from exc
             try:
@@ -53,7 +65,6 @@ def check_overrides(overrides_by_run: Sequence[tuple[str, Sequence[str]]]) -> in
             except ValueError as exc:  # ConfigError names the key, the value and what is allowed
                 raise PrecheckError(f"run {name}: {exc}") from exc
             n += 1
-    GlobalHydra.instance().clear()
     return n
 
 

@@ -38,6 +38,10 @@ KEY_MODEL_PATH = "actor_rollout_ref.model.path"
 KEY_LORA_RANK = "actor_rollout_ref.model.lora_rank"
 #: accelerator -> the config switch that turns it on (conf/method/capo*.yaml, conf/method/next.yaml)
 ACCELERATORS = {"capo": "actor_rollout_ref.actor.capo.enable", "next": "actor_rollout_ref.actor.next.enable"}
+#: the update rules as tables print them
+RULE_TITLES = {"grpo": "GRPO", "sfpo": "SFPO", "gxpo": "GXPO"}
+#: config switch -> accelerator
+_ACCEL_OF_KEY = {k: a for a, k in ACCELERATORS.items()}
 #: metadata fields in the order the launchers record them and the report groups by
 META_FIELDS = ("model", "method", "K", "alpha", "seed", "variant", "accel", "lora")
 DEFAULT_SEED_KEY = "data.seed"
@@ -62,7 +66,7 @@ def method_title(method: str | None, K: int | None = None, accel: str | None = N
     """The row name the report prints: ``GRPO``, ``GXPO K=5``, ``CAPO+GRPO``, ``CAPO+GXPO K=5``,
     ``NExt (LoRA GRPO)``, ``GRPO (LoRA r8)``; ``alpha`` is added when given (``α=0.5``), GXPO's
     ``variant`` too (``GXPO K=5 [authors]``)."""
-    title = {"grpo": "GRPO", "sfpo": "SFPO", "gxpo": "GXPO"}.get(str(method), str(method))
+    title = RULE_TITLES.get(str(method), str(method))
     if method != "grpo" and K is not None:
         title += f" K={K}"
         if alpha is not None:
@@ -159,8 +163,8 @@ def meta_from_overrides(overrides: Iterable[str], seed_key: str = DEFAULT_SEED_K
             n = _num(value)
             if isinstance(n, int):
                 meta["lora"] = n
-        elif key in ACCELERATORS.values():
-            accel = next(a for a, k in ACCELERATORS.items() if k == key)
+        elif key in _ACCEL_OF_KEY:
+            accel = _ACCEL_OF_KEY[key]
             on = _truthy(value)
             if on:
                 meta["accel"] = accel
@@ -313,9 +317,7 @@ def merge_meta(*sources: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for src in sources:
         for k, v in (src or {}).items():
-            if k == "accel" and k in (src or {}) and k not in out:
-                out[k] = v
-            elif v is not None and k not in out:
+            if k not in out and (v is not None or k == "accel"):
                 out[k] = v
     if out.get("accel") is None:
         out.pop("accel", None)

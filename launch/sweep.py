@@ -143,14 +143,13 @@ def refuse_collisions(names: Sequence[str]) -> None:
 def compose_defaults(overrides: Sequence[str], seed_key: str) -> dict[str, str]:
     """The model token and seed a run would get from the recipe's config with ``overrides``
     (composed here with Hydra, as the job will; nothing is resolved that needs the cluster)."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    GlobalHydra.instance().clear()
+    from launch.precheck import recipe_composer
+
     try:
-        with initialize_config_module(config_module="recipe.gxpo.config", version_base=None):
-            cfg = compose("gxpo_trainer", overrides=list(overrides))
+        with recipe_composer() as compose:
+            cfg = compose(overrides)
     except Exception as exc:  # hydra's override / config errors: report them before submitting anything
         raise sub.LaunchError(f"the recipe's config does not compose with {list(overrides)}: {exc}") from exc
     model = OmegaConf.select(cfg, "gxpo_run.model", default=None)

@@ -35,7 +35,7 @@ BENCHMARKS: dict[str, str] = {
 }
 MODEL_ORDER = ["Qwen2.5-1.5B", "Qwen2.5-3B", "Qwen2.5-7B", "Llama3.2-3B"]
 METHOD_ORDER = {"grpo": 0, "sfpo": 1, "gxpo": 2}
-METHOD_TITLE = {"grpo": "GRPO", "sfpo": "SFPO", "gxpo": "GXPO"}
+METHOD_TITLE = runmeta.RULE_TITLES
 #: rows without an accelerator first, then CAPO, then NExt (each in METHOD_ORDER)
 ACCEL_ORDER = {None: 0, "capo": 1, "next": 2}
 #: config key holding the configured number of training steps

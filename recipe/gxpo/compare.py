@@ -419,7 +419,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="runs/compare")
     ap.add_argument("--seeds", type=int, default=3, help="number of seeds (data.seed = 1..N)")
     ap.add_argument("--steps", type=int, default=20,
-                    help="training steps per run (default 20: ~7 min a run on 2 cores, validation at 0, 10, 20)")
+                    help="training steps per run (default 20: validation at steps 0, 10 and 20)")
     ap.add_argument("--rows", default=None, help=f"comma list of {', '.join(ROWS)} (default: {', '.join(DEFAULT_ROWS)})")
     ap.add_argument("--report-only", action="store_true", help="rebuild summary and plot from existing runs")
     ap.add_argument("--resume", action="store_true",
