@@ -1,8 +1,9 @@
 """Optimizer-state and failure policies of GXPO (spec sections 7 and 10), each a small named piece.
 
 * :class:`TorchOptimizerState` -- the :class:`OptimizerStateHooks` for a ``torch.optim.Optimizer``:
-  ``save()`` clones every state tensor, ``restore(snapshot)`` copies them back IN PLACE (so a
-  snapshot is never aliased by the live state and can be restored more than once), and
+  ``save()`` deep-copies the state (every tensor, nested dicts/lists and plain values),
+  ``restore(snapshot)`` copies it back, tensors IN PLACE (so a snapshot is never aliased by the
+  live state and can be restored more than once), and
   ``lr_wd(param)`` reads the learning rate and weight decay of the param group holding ``param``
   (needed by ``ratio_source: adam_direction``).
 * :class:`OptimizerStatePolicy` -- ``carry`` (Adam moments and the step count run through all three
@@ -19,6 +20,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Optional, Protocol
 
@@ -33,8 +35,36 @@ class OptimizerStateHooks(Protocol):
     def restore(self, snapshot: Any) -> None: ...
 
 
-def _clone(v):
-    return v.detach().clone() if isinstance(v, torch.Tensor) else v
+def clone_state(v):
+    """A deep copy owning its tensors: nested dicts/lists/tuples are copied too (never aliased)."""
+    if isinstance(v, torch.Tensor):
+        return v.detach().clone()
+    if isinstance(v, dict):
+        return {k: clone_state(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return type(v)(clone_state(x) for x in v)
+    return copy.deepcopy(v)
+
+
+@torch.no_grad()
+def restore_into(cur, saved):
+    """The live value restored from ``saved``: tensors of the same shape are copied IN PLACE into the
+    live tensor (references held elsewhere stay valid), nested dicts and lists are restored member by
+    member, anything else is replaced by a fresh copy (so the snapshot stays restorable)."""
+    if isinstance(saved, torch.Tensor):
+        if isinstance(cur, torch.Tensor) and cur.shape == saved.shape:
+            return cur.copy_(saved)
+        return clone_state(saved)
+    if isinstance(saved, dict) and isinstance(cur, dict):
+        for k in [k for k in cur if k not in saved]:
+            del cur[k]
+        for k, v in saved.items():
+            cur[k] = restore_into(cur.get(k), v)
+        return cur
+    if isinstance(saved, list) and isinstance(cur, list) and len(cur) == len(saved):
+        cur[:] = [restore_into(c, v) for c, v in zip(cur, saved)]
+        return cur
+    return clone_state(saved)
 
 
 class TorchOptimizerState:
@@ -46,7 +76,7 @@ class TorchOptimizerState:
     def save(self) -> dict:
         opt = self.optimizer
         return {
-            "state": {p: {k: _clone(v) for k, v in st.items()} for p, st in opt.state.items()},
+            "state": {p: {k: clone_state(v) for k, v in st.items()} for p, st in opt.state.items()},
             "groups": [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups],
         }
 
@@ -58,17 +88,9 @@ class TorchOptimizerState:
             if p not in saved:  # state created after the snapshot (first step): back to "no state"
                 del opt.state[p]
         for p, st in saved.items():
-            live = opt.state.setdefault(p, {})
-            for k, v in st.items():
-                cur = live.get(k)
-                if isinstance(v, torch.Tensor) and isinstance(cur, torch.Tensor) and cur.shape == v.shape:
-                    cur.copy_(v)
-                else:
-                    live[k] = _clone(v)
-            for k in [k for k in live if k not in st]:
-                del live[k]
+            restore_into(opt.state.setdefault(p, {}), st)
         for g, sg in zip(opt.param_groups, snapshot["groups"]):
-            g.update({k: _clone(v) for k, v in sg.items()})
+            g.update({k: clone_state(v) for k, v in sg.items()})
 
     def lr_wd(self, param: torch.Tensor) -> tuple[float, float]:
         """(lr, weight_decay) of the param group that holds ``param``."""

@@ -35,6 +35,7 @@ verl's stock one.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from typing import Any, Optional
@@ -50,6 +51,7 @@ from verl.utils.tensordict_utils import maybe_fix_3d_position_ids
 from verl.workers.engine_workers import TrainingWorker
 
 from verl_ext.core import TorchOptimizerState, UpdateRule, build_update_rule
+from verl_ext.core.policies import clone_state
 from verl_ext.core.config import GXPOConfig, SFPOConfig
 
 logger = logging.getLogger(__name__)
@@ -109,6 +111,37 @@ class EngineOptimizerState(TorchOptimizerState):
     def _params(self):
         return [p for group in self.optimizer.param_groups for p in group["params"]]
 
+    def _snap_value(self, v):
+        """A deep copy of one state value: tensors (local shards) cloned -- to host memory when
+        ``host`` -- and nested dicts/lists/plain values copied, never aliased by the live state."""
+        if isinstance(v, torch.Tensor):
+            loc = _local(v).detach()
+            return loc.to("cpu", copy=True) if self.host else loc.clone()
+        if isinstance(v, dict):
+            return {k: self._snap_value(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return type(v)(self._snap_value(x) for x in v)
+        return copy.deepcopy(v)
+
+    def _restore_value(self, cur, saved):
+        """``saved`` put back into the live value ``cur``: tensors copied in place into the live tensor
+        (its device, its DTensor shard), nested containers member by member, the rest copied."""
+        if isinstance(saved, torch.Tensor):
+            if isinstance(cur, torch.Tensor) and _local(cur).shape == saved.shape:
+                _local(cur).copy_(saved)
+                return cur
+            return clone_state(saved)
+        if isinstance(saved, dict) and isinstance(cur, dict):
+            for k in [k for k in cur if k not in saved]:
+                del cur[k]
+            for k, v in saved.items():
+                cur[k] = self._restore_value(cur.get(k), v)
+            return cur
+        if isinstance(saved, list) and isinstance(cur, list) and len(cur) == len(saved):
+            cur[:] = [self._restore_value(c, v) for c, v in zip(cur, saved)]
+            return cur
+        return clone_state(saved)
+
     def save(self):
         snap = []
         for p in self._params():
@@ -116,15 +149,8 @@ class EngineOptimizerState(TorchOptimizerState):
             if not st:
                 snap.append(None)
                 continue
-            entry = {}
-            for k, v in st.items():
-                if isinstance(v, torch.Tensor):
-                    loc = _local(v).detach()
-                    entry[k] = loc.to("cpu", copy=True) if self.host else loc.clone()
-                else:
-                    entry[k] = v
-            snap.append(entry)
-        groups = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+            snap.append({k: self._snap_value(v) for k, v in st.items()})
+        groups = [{k: clone_state(v) for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         return {"state": snap, "groups": groups}
 
     @torch.no_grad()
@@ -143,10 +169,10 @@ class EngineOptimizerState(TorchOptimizerState):
                     if not isinstance(cur, torch.Tensor):
                         raise RuntimeError(f"optimizer state '{k}' of a parameter disappeared between save and restore")
                     _local(cur).copy_(v)
-                else:
-                    st[k] = v
+                else:  # nested containers / plain values: restored from the snapshot's own copy
+                    st[k] = self._restore_value(cur, v)
         for g, sg in zip(self.optimizer.param_groups, snapshot["groups"]):
-            g.update(sg)
+            g.update(clone_state(sg))
 
 
 def response_scores(data: TensorDict) -> Optional[torch.Tensor]:
