@@ -262,6 +262,8 @@ def run_gxpo(config: DictConfig) -> None:
     from verl.trainer.main_ppo import run_ppo
 
     from recipe.gxpo.embedded import prepare_embedded_assets
+    from recipe.gxpo.preemption import DriverStop
+    from recipe.gxpo.resume import plan_resume
     from recipe.gxpo.summary import summarize
     from verl_ext.workers.task_runner import GXPOTaskRunner
 
@@ -271,6 +273,7 @@ def run_gxpo(config: DictConfig) -> None:
     validate_gxpo_config(config)
     metrics_path = prepare_outputs(config)
     rule = config.actor_rollout_ref.actor.update_rule
+    plan_resume(config)  # the newest whole checkpoint, checked before Ray (recipe/gxpo/resume.py)
     note = finished_run_note(config)
     if note:
         print(f"[gxpo] {note}", flush=True)
@@ -280,12 +283,19 @@ def run_gxpo(config: DictConfig) -> None:
     _fit_ray_init(config)
     _fit_runtime_env_to_job(config)
     started_ray = not ray.is_initialized()
+    stop, failure = DriverStop(config), None  # SIGTERM: checkpoint, exit 75 (recipe/gxpo/preemption.py)
     try:
-        run_ppo(config, task_runner_class=GXPOTaskRunner)
+        run_ppo(config, task_runner_class=stop.runner(GXPOTaskRunner))
+    except BaseException as e:  # noqa: BLE001  (reported below, after Ray is down, with the resume line last)
+        failure = e
     finally:
+        stop.close()
         if started_ray and ray.is_initialized():  # free the run's resources (the next job of a multirun needs them)
             ray.shutdown()
-    print(summarize(os.path.dirname(metrics_path), config.trainer.default_local_dir, rule))
+    if failure is not None:
+        stop.fail(failure)
+    print(summarize(os.path.dirname(metrics_path), config.trainer.default_local_dir, rule, note=stop.note()))
+    stop.exit_if_stopped()
 
 
 def _swept_overrides() -> list[tuple[str, str]]:

@@ -3,7 +3,8 @@
 verl's ``TaskRunnerV1.run`` resolves ``trainer.v1.trainer_mode`` through its trainer registry in the
 TaskRunner's own process (a Ray actor, possibly on another node). This subclass imports
 :mod:`verl_ext.workers.trainer` there first, so ``gxpo_sync`` resolves without relying on the
-package's entry point being installed on the cluster. Everything else is verl's ``run``.
+package's entry point being installed on the cluster. ``stop_flag`` names the driver's stop-request
+actor (:mod:`.preemption`) for the trainer in this process. Everything else is verl's ``run``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,13 @@ from verl.trainer.main_ppo import TaskRunnerV1
 
 
 class GXPOTaskRunnerImpl(TaskRunnerV1.__ray_actor_class__):  # the plain class behind verl's @ray.remote
+    def __init__(self, stop_flag: str | None = None):
+        super().__init__()
+        if stop_flag:  # the driver's stop request, polled by the trainer between steps (.preemption)
+            from .preemption import FLAG_ENV
+
+            os.environ[FLAG_ENV] = stop_flag
+
     def run(self, config):
         import verl_ext.plugins  # noqa: F401  (CPU platform / HF rollout where they apply)
         import verl_ext.workers.trainer  # noqa: F401  (registers trainer.v1.trainer_mode=gxpo_sync)

@@ -16,6 +16,9 @@ and a non-GRPO ``update_rule`` is refused on its driver before that
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import ray
 
 from verl.trainer.ppo.utils import Role
@@ -24,7 +27,9 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from verl_ext.metrics.pass_at_k import parse_pass_at_k_setting, pass_at_k_metrics
 
+from . import checkpoint_files
 from .actor_worker import GXPOActorRolloutRefWorker
+from .preemption import FlagReader
 
 TRAINER_MODE = "gxpo_sync"  # the one name of this mode (recipe config, entry point, tests)
 _ACTOR_ROLES = (Role.Actor, Role.ActorRollout, Role.ActorRolloutRef)
@@ -106,7 +111,84 @@ class GXPOTrainerSync(PPOTrainerSync):
 
     def on_train_begin(self):
         self._install_console()
+        self._stop_if_requested(self.global_steps - 1)  # requested during start-up: no step to run
         return super().on_train_begin()
+
+    # -- checkpoints and preemption (docs/algorithm.md#resume-and-preemption) -----------------------
+    def _load_checkpoint(self):
+        super()._load_checkpoint()
+        self._saved_step = self.global_steps  # the step whose checkpoint is on disk (0: none)
+
+    def _save_checkpoint(self):
+        """verl's save, then committed (:func:`checkpoint_files.commit`): the pointer names this step
+        only once every file is there, intact and synced. A failed save leaves the pointer where it
+        was; on a full disk the error says ``no space left on <path>`` and the partial step is removed."""
+        if self.config.actor_rollout_ref.actor.get("checkpoint", {}).get("async_save", False):
+            return super()._save_checkpoint()  # verl leaves the pointer to its async callback
+        run_dir, step = str(self.config.trainer.default_local_dir), int(self.global_steps)
+        tracker = checkpoint_files.tracker_path(run_dir)
+        before = open(tracker, "rb").read() if os.path.exists(tracker) else None
+        try:
+            super()._save_checkpoint()
+            checkpoint_files.commit(run_dir, step, self._checkpoint_contents())
+        except Exception as e:
+            path = checkpoint_files.step_dir(run_dir, step)
+            full = checkpoint_files.disk_full(path, e)
+            if full:
+                shutil.rmtree(path, ignore_errors=True)  # a partial step only takes the space
+            self._restore_tracker(tracker, before)
+            previous = before.decode(errors="replace").strip() if before else None
+            kept = f"the latest checkpoint is still step {previous} ({tracker})" if previous else "no checkpoint was saved yet"
+            if full:
+                raise checkpoint_files.CheckpointError(f"{full}: the checkpoint of step {step} could not be written; {kept}") from e
+            raise checkpoint_files.CheckpointError(f"saving the checkpoint of step {step} to {path} failed ({type(e).__name__}); "
+                                                   f"{kept}. {e}") from e
+        self._saved_step = step
+
+    @staticmethod
+    def _restore_tracker(tracker: str, before) -> None:
+        try:
+            now = open(tracker, "rb").read() if os.path.exists(tracker) else None
+            if now == before:
+                return
+            if before is None:
+                os.remove(tracker)
+            else:
+                with open(tracker, "wb") as f:  # a few bytes: fits even where the atomic copy would not
+                    f.write(before)
+        except OSError as e:
+            print(f"[gxpo] WARNING: could not put back {tracker} ({e}); it may name an incomplete step: resume "
+                  "checks every checkpoint and uses the newest whole one", flush=True)
+
+    def _checkpoint_contents(self):
+        ckpt = self.config.actor_rollout_ref.actor.get("checkpoint", {}) or {}
+        return tuple(ckpt.get("load_contents") or checkpoint_files.DEFAULT_CONTENTS)
+
+    def _stop_requested(self):
+        if getattr(self, "_stop_flag", None) is None:
+            self._stop_flag = FlagReader()
+        return self._stop_flag.requested()
+
+    def _stop_if_requested(self, completed_step: int) -> bool:
+        """A stop was requested (SIGTERM to the driver): make sure step ``completed_step`` has a
+        checkpoint and end the loop after it (verl's loop runs while global_steps <= total)."""
+        reason = self._stop_requested()
+        if not reason:
+            return False
+        saved = getattr(self, "_saved_step", 0)
+        if completed_step > saved:
+            print(f"[gxpo] {reason}: saving the checkpoint of step {completed_step} before stopping", flush=True)
+            self._save_checkpoint()
+            saved = completed_step
+        self._stop_flag.report_saved(saved)
+        self.total_training_steps = completed_step
+        print(f"[gxpo] {reason}: stopping after step {completed_step} (checkpoint: step {saved})", flush=True)
+        return True
+
+    def on_step_end(self):
+        """After the update (where verl saves): a requested stop saves this step first."""
+        self._stop_if_requested(self.global_steps)
+        return super().on_step_end()
 
     def _init_resource_pool_mgr(self):
         super()._init_resource_pool_mgr()

@@ -52,11 +52,12 @@ from verl.workers.engine_workers import TrainingWorker
 
 from verl_ext.core import TorchOptimizerState, UpdateRule, build_update_rule
 from verl_ext.core.policies import clone_state
+
+from .checkpoint_files import RULE_STATE_FILE, CheckpointError, rank_files, rule_state_problem, torch_file_problem
 from verl_ext.core.config import GXPOConfig, SFPOConfig
 
 logger = logging.getLogger(__name__)
 
-RULE_STATE_FILE = "update_rule_rank{rank}.pt"
 # cumulative counters: a training step reports the value after its last mini-batch, not a mean
 CUMULATIVE_SUFFIXES = (
     "/backward_passes", "/optimizer_steps", "/skipped_updates", "/updates", "/diagnostic_passes", "/shutoff_update",
@@ -451,22 +452,65 @@ class GXPOTrainingWorker(TrainingWorker):
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def save_checkpoint(self, local_path, hdfs_path=None, global_step=0, max_ckpt_to_keep=None):
-        out = super().save_checkpoint(local_path, hdfs_path, global_step, max_ckpt_to_keep)
+        """verl's save, then the rule state beside it; a failed write names the file it was writing
+        (the trainer turns a full disk into ``no space left on <path>``, verl_ext/workers/trainer.py)."""
+        try:
+            out = super().save_checkpoint(local_path, hdfs_path, global_step, max_ckpt_to_keep)
+        except Exception as e:
+            raise CheckpointError(f"saving the checkpoint in {local_path} failed: {type(e).__name__}: {e}") from e
         state = self.rule.state_dict() if self.rule is not None else self._pending_rule_state
         if state is None and self._pending_counters is not None:
             state = {"rule": None, **self._pending_counters}
         if state is not None:
             os.makedirs(local_path, exist_ok=True)
-            torch.save(state, self.rule_state_path(local_path))
+            path = self.rule_state_path(local_path)
+            try:
+                torch.save(state, path)
+            except Exception as e:
+                raise CheckpointError(f"writing {path} failed: {type(e).__name__}: {e}") from e
         return out
+
+    def _checkpoint_contents(self):
+        manager = getattr(self.engine, "checkpoint_manager", None)
+        return tuple(getattr(manager, "checkpoint_load_contents", None) or ("model", "optimizer", "extra"))
+
+    def _check_rank_files(self, local_path: str) -> None:
+        """This rank's files of the checkpoint are there and intact, else an error naming the file
+        (verl's own load reports a truncated shard as ``checkpoint file is corrupted``, naming none)."""
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        problems = []
+        for path in rank_files(local_path, rank, world, self._checkpoint_contents()):
+            if os.path.basename(path).startswith("update_rule_rank"):
+                continue  # read below, with its own message
+            problem = torch_file_problem(path)
+            if problem:
+                problems.append(problem)
+        if problems:
+            raise CheckpointError(f"cannot resume from {local_path} (rank {rank} of {world}): " + "; ".join(problems))
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def load_checkpoint(self, local_path, hdfs_path=None, del_local_after_load=False):
         """verl's load; then the rule state. A state saved under another ``update_rule`` restores
-        only the budget counters (cumulative backward passes and optimizer steps), not the gate."""
-        path = self.rule_state_path(local_path) if local_path else None
-        state = torch.load(path, weights_only=False) if path and os.path.exists(path) else None
-        out = super().load_checkpoint(local_path, hdfs_path, del_local_after_load)
+        only the budget counters (cumulative backward passes and optimizer steps), not the gate.
+        A missing or unreadable rule-state file is an error naming it: resuming without it would
+        silently restart the rule (its gate re-armed, its counters at zero)."""
+        state = None
+        if local_path:
+            self._check_rank_files(local_path)
+            path = self.rule_state_path(local_path)
+            problem = rule_state_problem(path)
+            if problem:
+                raise CheckpointError(
+                    f"cannot resume from {local_path}: {problem}; without it the update rule's gate and counters "
+                    "would restart from zero. Resume from an older whole checkpoint (trainer.resume_mode=resume_path "
+                    "trainer.resume_from_path=<run dir>/global_step_<N>), or start over with trainer.resume_mode=disable"
+                )
+            state = torch.load(path, weights_only=False)
+        try:
+            out = super().load_checkpoint(local_path, hdfs_path, del_local_after_load)
+        except Exception as e:
+            raise CheckpointError(f"loading the checkpoint in {local_path} failed: {type(e).__name__}: {e}") from e
         if state is not None:
             if state.get("rule") != self.update_rule_name:
                 counters = {k: int(state[k]) for k in BUDGET_COUNTERS if k in state}
