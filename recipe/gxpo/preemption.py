@@ -137,9 +137,15 @@ class DriverStop:
 
     def exit_if_stopped(self) -> None:
         """After a run that returned: a requested stop exits with status 75 and the resume line last."""
-        if self.stopped:
-            self._exit(EXIT_PREEMPTED, f"[gxpo] preempted ({self.signal_name}): the run stopped before "
-                                       f"trainer.total_training_steps={self.config.trainer.get('total_training_steps')}")
+        if not self.stopped:
+            return
+        total = self.config.trainer.get("total_training_steps")
+        plan = resume.find_resume(resume.probe_config(self.config))
+        if isinstance(total, int) and plan is not None and plan.step >= total:
+            print(f"[gxpo] {self.signal_name} came during the last step: the run finished (step {plan.step})", flush=True)
+            return
+        self._exit(EXIT_PREEMPTED, f"[gxpo] preempted ({self.signal_name}): the run stopped before "
+                                   f"trainer.total_training_steps={total}")
 
     def fail(self, exc: BaseException) -> None:
         """The run raised: the error, then the resume line last. Status 75 after a SIGTERM, else 1

@@ -52,18 +52,22 @@ def _contents(config: DictConfig) -> tuple:
     return tuple(ckpt.get("load_contents") or ckf.DEFAULT_CONTENTS)
 
 
+def _rank_extras(config: DictConfig) -> tuple:
+    return (ckf.NEXT_STATE_FILE,) if OmegaConf.select(config, "actor_rollout_ref.actor.next.enable", default=False) else ()
+
+
 def find_resume(config: DictConfig) -> Optional[ResumePlan]:
     """What a resume of this config would load; None for ``resume_mode=disable``. Reads only files."""
     trainer = config.trainer
     run_dir = os.path.abspath(os.path.expanduser(str(trainer.default_local_dir)))
     mode = trainer.get("resume_mode", "auto")
-    contents = _contents(config)
+    contents, extras = _contents(config), _rank_extras(config)
     plan = ResumePlan(run_dir=run_dir)
     if mode == "disable":
         return None
     if mode == "resume_path":
         path = os.path.abspath(str(trainer.get("resume_from_path")))
-        problems = ckf.check_checkpoint(path, contents)
+        problems = ckf.check_checkpoint(path, contents, rank_extras=extras)
         if problems:
             plan.error = (f"trainer.resume_from_path={path} is not a whole checkpoint: " + "; ".join(problems)
                           + ". Choose another global_step_<N> directory, or trainer.resume_mode=auto to resume "
@@ -84,7 +88,7 @@ def find_resume(config: DictConfig) -> Optional[ResumePlan]:
         if pointer is not None and step > pointer:
             plan.skipped.append(f"step {step}: its save did not complete ({ckf.tracker_path(run_dir)} names step {pointer})")
             continue
-        problems = ckf.check_checkpoint(path, contents)
+        problems = ckf.check_checkpoint(path, contents, rank_extras=extras)
         if problems:
             plan.skipped.append(f"step {step}: " + "; ".join(problems))
             continue
@@ -136,10 +140,7 @@ def resume_line(config: DictConfig) -> str:
         return (f"to resume: trainer.resume_mode=disable restarts from step 0; add trainer.resume_mode=auto to {cmd} to "
                 f"resume from the newest whole checkpoint in {config.trainer.default_local_dir}")
     try:
-        probe = OmegaConf.create({"trainer": {"default_local_dir": str(config.trainer.default_local_dir),
-                                              "resume_mode": "auto"},
-                                  "actor_rollout_ref": {"actor": {"checkpoint": _checkpoint_node(config)}}})
-        plan = find_resume(probe)
+        plan = find_resume(probe_config(config))
     except Exception as e:  # noqa: BLE001  (the last line must be printed whatever happened)
         return f"to resume: rerun the same command: {cmd} (the checkpoints could not be checked: {e})"
     if plan is None or plan.path is None:
@@ -149,6 +150,13 @@ def resume_line(config: DictConfig) -> str:
         return (f"to resume: rerun {cmd} with trainer.resume_mode=auto instead of resume_path (it resumes from step "
                 f"{plan.step}, {plan.path}, the newest whole checkpoint)")
     return f"to resume: rerun the same command: {cmd} (it resumes from step {plan.step}, {plan.path})"
+
+
+def probe_config(config: DictConfig) -> DictConfig:
+    """The keys :func:`find_resume` reads, with ``resume_mode=auto``: what the same command finds next time."""
+    return OmegaConf.create({"trainer": {"default_local_dir": str(config.trainer.default_local_dir), "resume_mode": "auto"},
+                             "actor_rollout_ref": {"actor": {"checkpoint": _checkpoint_node(config),
+                                                             "next": {"enable": bool(_rank_extras(config))}}}})
 
 
 def _checkpoint_node(config: DictConfig) -> dict:

@@ -33,6 +33,8 @@ import shutil
 import zipfile
 from typing import Iterable, Optional
 
+from .next_hook import NEXT_STATE_FILE  # noqa: F401  (per-rank NExt state, checked when actor.next.enable)
+
 TRACKER = "latest_checkpointed_iteration.txt"
 MANIFEST = "gxpo_checkpoint.json"
 STEP_DIR = "global_step_{}"
@@ -195,10 +197,12 @@ def manifest_problems(step_path: str) -> list[str]:
     return problems
 
 
-def check_checkpoint(step_path: str, contents: Iterable[str] = DEFAULT_CONTENTS, deep: bool = True) -> list[str]:
+def check_checkpoint(step_path: str, contents: Iterable[str] = DEFAULT_CONTENTS, deep: bool = True,
+                     rank_extras: Iterable[str] = ()) -> list[str]:
     """Everything wrong with the checkpoint ``global_step_<N>`` for a resume that loads ``contents``
     (``actor.checkpoint.load_contents``); empty when it is whole. Each problem names its file.
-    ``deep`` also unpickles the small files (update-rule state, dataloader state)."""
+    ``deep`` also unpickles the small files (update-rule state, dataloader state); ``rank_extras``
+    are further per-rank torch files (``"next_state_rank{rank}.pt"`` when NExt is on)."""
     contents = tuple(contents or DEFAULT_CONTENTS)
     if not os.path.isdir(step_path):
         return [f"{step_path} is missing"]
@@ -221,7 +225,8 @@ def check_checkpoint(step_path: str, contents: Iterable[str] = DEFAULT_CONTENTS,
     if ws is None:
         return problems + [problem]
     for rank in range(ws):
-        for path in rank_files(actor, rank, ws, contents):
+        extras = [os.path.join(actor, pattern.format(rank=rank)) for pattern in rank_extras]
+        for path in rank_files(actor, rank, ws, contents) + extras:
             if os.path.basename(path).startswith("update_rule_rank"):
                 problem = rule_state_problem(path) if deep else torch_file_problem(path)
                 if problem:
@@ -265,11 +270,11 @@ def write_manifest(step_path: str, step: int) -> str:
     return path
 
 
-def commit(run_dir: str, step: int, contents: Iterable[str] = DEFAULT_CONTENTS) -> str:
+def commit(run_dir: str, step: int, contents: Iterable[str] = DEFAULT_CONTENTS, rank_extras: Iterable[str] = ()) -> str:
     """After verl saved step ``step``: check it is whole, write its manifest, sync it, then point the
     pointer at it (atomically). Raises :class:`CheckpointError` naming the files when it is not whole."""
     path = step_dir(run_dir, step)
-    problems = check_checkpoint(path, contents)
+    problems = check_checkpoint(path, contents, rank_extras=rank_extras)
     if problems:
         raise CheckpointError(f"the checkpoint of step {step} is not whole after saving it: " + "; ".join(problems))
     write_manifest(path, step)

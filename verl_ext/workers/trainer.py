@@ -130,7 +130,9 @@ class GXPOTrainerSync(PPOTrainerSync):
         before = open(tracker, "rb").read() if os.path.exists(tracker) else None
         try:
             super()._save_checkpoint()
-            checkpoint_files.commit(run_dir, step, self._checkpoint_contents())
+            nxt = self.config.actor_rollout_ref.actor.get("next", {}).get("enable", False)
+            checkpoint_files.commit(run_dir, step, self._checkpoint_contents(),
+                                    rank_extras=(checkpoint_files.NEXT_STATE_FILE,) if nxt else ())
         except Exception as e:
             path = checkpoint_files.step_dir(run_dir, step)
             full = checkpoint_files.disk_full(path, e)
