@@ -127,7 +127,7 @@ class GXPOTrainerSync(PPOTrainerSync):
             return super()._save_checkpoint()  # verl leaves the pointer to its async callback
         run_dir, step = str(self.config.trainer.default_local_dir), int(self.global_steps)
         tracker = checkpoint_files.tracker_path(run_dir)
-        before = open(tracker, "rb").read() if os.path.exists(tracker) else None
+        before = _read_bytes(tracker)
         try:
             super()._save_checkpoint()
             nxt = self.config.actor_rollout_ref.actor.get("next", {}).get("enable", False)
@@ -150,8 +150,7 @@ class GXPOTrainerSync(PPOTrainerSync):
     @staticmethod
     def _restore_tracker(tracker: str, before) -> None:
         try:
-            now = open(tracker, "rb").read() if os.path.exists(tracker) else None
-            if now == before:
+            if _read_bytes(tracker) == before:
                 return
             if before is None:
                 os.remove(tracker)
@@ -178,7 +177,11 @@ class GXPOTrainerSync(PPOTrainerSync):
         if not reason:
             return False
         saved = getattr(self, "_saved_step", 0)
-        if completed_step > saved:
+        trainer = self.config.trainer
+        if trainer.get("save_freq", 0) <= 0 or trainer.get("resume_mode") == "disable":
+            print(f"[gxpo] {reason}: no checkpoint (trainer.save_freq={trainer.get('save_freq')}, "
+                  f"trainer.resume_mode={trainer.get('resume_mode')})", flush=True)
+        elif completed_step > saved:
             print(f"[gxpo] {reason}: saving the checkpoint of step {completed_step} before stopping", flush=True)
             self._save_checkpoint()
             saved = completed_step
@@ -197,6 +200,13 @@ class GXPOTrainerSync(PPOTrainerSync):
         for role in list(self.role_worker_mapping):
             if role in _ACTOR_ROLES:
                 self.role_worker_mapping[role] = ray.remote(GXPOActorRolloutRefWorker)
+
+
+def _read_bytes(path: str):
+    if not os.path.exists(path):
+        return None
+    with open(path, "rb") as f:
+        return f.read()
 
 
 if TRAINER_REGISTRY.get(TRAINER_MODE) is None:
