@@ -46,9 +46,11 @@ def _start(args, cwd):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def _run(args, cwd, timeout=600):
+def _run(args, cwd, timeout=600, name="main"):
     proc = _start(args, cwd)
     out, _ = proc.communicate(timeout=timeout)
+    with open(os.path.join(cwd, f"{name}.log"), "w") as f:  # kept with the test's tmp dir, for a failure's reader
+        f.write(out)
     return proc.returncode, out
 
 
@@ -96,9 +98,11 @@ def preempted(embedded, tmp_path_factory):
     proc.send_signal(signal.SIGTERM)  # to the driver process only, as SLURM / Kubernetes do
     first, _ = proc.communicate(timeout=600)
     first_rc = proc.returncode
+    with open(os.path.join(cwd, "preempted.log"), "w") as f:
+        f.write(first)
     after_first = (sorted(os.path.basename(p) for p in glob.glob(os.path.join(run_dir, "global_step_*"))),
                    _pointer(run_dir) if os.path.exists(os.path.join(run_dir, "latest_checkpointed_iteration.txt")) else None)
-    rc, second = _run(args, cwd)
+    rc, second = _run(args, cwd, name="resumed")
     return {"embedded": embedded, "run_dir": run_dir, "args": args, "first": first, "first_rc": first_rc,
             "after_first": after_first, "second": second, "second_rc": rc}
 
