@@ -22,7 +22,10 @@ trainer) -- with these differences, none of which edits verl:
    and ``VERL_USE_EXTERNAL_MODULES=verl_ext.plugins`` is added to the Ray runtime env so every
    worker loads the project's verl plugins even when the package is only on a job's working dir.
    Inside a Ray job the env vars the job already sets are not repeated (Ray refuses to merge
-   runtime envs that both set a variable).
+   runtime envs that both set a variable);
+6. before Ray starts, the checkpoint to resume from is checked file by file and the newest whole one
+   is used (:mod:`recipe.gxpo.resume`); SIGTERM saves the step in progress and exits with status 75,
+   and a run that stops early ends with the line that resumes it (:mod:`recipe.gxpo.preemption`).
 
 On a cluster submit it with ``launch/submit.py`` (which gives the run a directory on shared
 storage), or like verl's entry with an explicit checkpoint directory::

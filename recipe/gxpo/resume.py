@@ -78,7 +78,8 @@ def find_resume(config: DictConfig) -> Optional[ResumePlan]:
     pointer, pointer_problem = ckf.read_tracker(run_dir)
     dirs = ckf.step_dirs(run_dir)
     if pointer_problem:
-        plan.notes.append(f"{pointer_problem}: resuming from the newest whole checkpoint instead")
+        plan.notes.append(f"{pointer_problem}: " + ("resuming from the newest whole checkpoint instead" if dirs
+                                                    else "there is no checkpoint; training from step 0"))
     elif pointer is None and dirs:
         plan.notes.append(f"{ckf.tracker_path(run_dir)} is missing: resuming from the newest whole checkpoint")
     if pointer is not None and not any(s == pointer for s, _ in dirs):
