@@ -68,6 +68,11 @@ def _other_keys() -> tuple[tuple[str, str, str, str], ...]:
          "Console output: `concise` prints one line per step (verl_ext/tracking/console.py); `full` keeps "
          "verl's line with every metric. The file / wandb / ... loggers always receive every metric.",
          ", ".join(CONSOLE_MODES), "`concise`"),
+        ("trainer.preempt_grace_s",
+         "After SIGTERM (preemption), how long the driver waits for the current training step to end and its "
+         "checkpoint to be saved before it stops the run anyway; it exits with status 75 either way "
+         "(recipe/gxpo/preemption.py, README \"Resume and preemption\").",
+         "seconds >= 0 (0: no limit)", "`600`"),
     )
 
 

@@ -77,6 +77,9 @@ def validate_update_rule(config: DictConfig):
 
     check_next_config(config)  # NExt needs LoRA adapters
     parse_pass_at_k_setting(config.trainer.get("val_pass_at_k"))  # trainer.val_pass_at_k
+    from recipe.gxpo.preemption import grace_seconds
+
+    grace_seconds(config)  # trainer.preempt_grace_s
     if not config.trainer.get("use_v1", True):
         raise ConfigError("trainer.use_v1", config.trainer.use_v1, "true (the GXPO worker plugs into verl's v1 trainer)")
     mode = config.trainer.v1.trainer_mode

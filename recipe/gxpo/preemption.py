@@ -41,13 +41,23 @@ class StopTimeout(RuntimeError):
     """The run did not stop by itself within the grace period after SIGTERM (or a second SIGTERM came)."""
 
 
+def grace_seconds(config: DictConfig) -> float:
+    """``trainer.preempt_grace_s``: seconds >= 0 (0: no limit); a :class:`ConfigError` names a bad value."""
+    from verl_ext.core.config import ConfigError
+
+    value = config.trainer.get("preempt_grace_s", DEFAULT_GRACE_S)
+    value = DEFAULT_GRACE_S if value is None else value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigError("trainer.preempt_grace_s", value, "a number of seconds >= 0 (0: wait for the step however long)")
+    return float(value)
+
+
 class DriverStop:
     """SIGTERM handling and the last lines of a run that stops early (see the module docstring)."""
 
     def __init__(self, config: DictConfig):
         self.config = config
-        grace = config.trainer.get("preempt_grace_s", DEFAULT_GRACE_S)
-        self.grace_s = float(DEFAULT_GRACE_S if grace is None else grace)
+        self.grace_s = grace_seconds(config)
         self.flag_name = f"gxpo-stop-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.signal_name: Optional[str] = None
         self._requested = threading.Event()

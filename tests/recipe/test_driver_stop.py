@@ -50,3 +50,13 @@ def test_grace_period_or_second_sigterm_stops_with_75_and_the_resume_line_last(t
     assert out[-1].startswith("[gxpo] to resume: rerun the same command: python -m recipe.gxpo.main_gxpo")
     assert "no checkpoint yet: it starts from step 0" in out[-1]
     assert signal.getsignal(signal.SIGTERM) == previous  # put back when the run is over
+
+
+@pytest.mark.parametrize("bad", [-1, "soon", True])
+def test_a_bad_grace_period_is_refused_naming_the_key(tmp_path, bad):
+    from recipe.gxpo.preemption import grace_seconds
+    from verl_ext.core.config import ConfigError
+
+    cfg = OmegaConf.create({"trainer": {"default_local_dir": str(tmp_path), "preempt_grace_s": bad}})
+    with pytest.raises(ConfigError, match="trainer.preempt_grace_s"):
+        grace_seconds(cfg)
