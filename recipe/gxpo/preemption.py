@@ -98,6 +98,8 @@ class DriverStop:
     def _request(self) -> None:
         import ray
 
+        if not ray.is_initialized():  # Ray already gone: nothing to ask (and never start one here)
+            return
         try:
             ray.get(self._flag.request.remote(self.signal_name or "SIGTERM"), timeout=60)
         except Exception as e:  # noqa: BLE001
