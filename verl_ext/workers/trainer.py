@@ -65,7 +65,7 @@ class GXPOTrainerSync(PPOTrainerSync):
         for key in [k for k in metrics if k.startswith(_RULE_PREFIXES)]:
             metrics[key[len("actor/"):]] = metrics.pop(key)
         self._next_after_update(metrics)
-        self._updates_seen().observe(self.global_steps, metrics)
+        self._updates_seen().observe(getattr(self, "global_steps", 0), metrics)
         if self._reward_guard() is not None and self._reward_guard().get("non_finite") == "zero":
             metrics[ZEROED_METRIC] = getattr(self, "_zeroed_rewards", 0)
         return out
@@ -77,7 +77,7 @@ class GXPOTrainerSync(PPOTrainerSync):
 
         return installed_spec(self.config)
 
-    def _check_rewards(self, where: str) -> None:
+    def _check_rewards(self, phase: str) -> None:
         """Stop at once when the reward function raised, or returned non-finite scores under
         ``reward.non_finite=error``, for anything scored since the last check (before it is used)."""
         spec = self._reward_guard()
@@ -85,9 +85,11 @@ class GXPOTrainerSync(PPOTrainerSync):
             return
         from verl_ext.rewards.guard import check_reports, take_report
 
+        step = getattr(self, "global_steps", "?")
+        where = f"training step {step}" if phase == "training" else f"{phase} at step {step}"
         workers = getattr(self.reward_loop_manager, "reward_loop_workers", None) or []
         total = check_reports(ray.get([w.__ray_call__.remote(take_report) for w in workers]), spec, where)
-        if not where.startswith("validation"):
+        if phase == "training":
             self._zeroed_rewards = getattr(self, "_zeroed_rewards", 0) + total["zeroed"]
 
     def _updates_seen(self):
@@ -99,7 +101,7 @@ class GXPOTrainerSync(PPOTrainerSync):
 
     def on_sample_end(self):
         out = super().on_sample_end()
-        self._check_rewards(f"training step {self.global_steps}")
+        self._check_rewards("training")
         return out
 
     def fit(self, *args, **kwargs):
@@ -116,7 +118,7 @@ class GXPOTrainerSync(PPOTrainerSync):
         """verl's validation metrics plus the unbiased ``val-core/<data_source>/acc/pass@<k>`` for
         k = 1, k = ``rollout.val_kwargs.n`` and every k in ``trainer.val_pass_at_k``
         (:mod:`verl_ext.metrics.pass_at_k`; verl's ``best@k`` is a bootstrap, not pass@k)."""
-        self._check_rewards(f"validation at step {self.global_steps}")
+        self._check_rewards("validation")
         metrics = super()._val_metrics_update(
             data_sources, sample_uids, reward_extra_infos_dict, sample_turns, expected_acc_counts=expected_acc_counts
         )
