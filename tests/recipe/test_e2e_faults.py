@@ -71,8 +71,10 @@ def rewards(tmp_path):
 
 def test_two_runs_at_once_on_one_directory(embedded_assets_dir, tmp_path):
     run_dir = tmp_path / "run"
-    first = subprocess.Popen(_cmd(_args(embedded_assets_dir, run_dir)), cwd=tmp_path, env=_env(),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log1 = tmp_path / "first.log"  # a file, not a pipe: a full pipe would stall the first run
+    with open(log1, "w") as sink:
+        first = subprocess.Popen(_cmd(_args(embedded_assets_dir, run_dir)), cwd=tmp_path, env=_env(),
+                                 stdout=sink, stderr=subprocess.STDOUT, text=True)
     try:
         lock = run_layout.lock_file(str(run_dir))
         deadline = time.time() + 1800  # the first run of a session builds the embedded assets while holding it
@@ -80,18 +82,18 @@ def test_two_runs_at_once_on_one_directory(embedded_assets_dir, tmp_path):
             if os.path.exists(lock) and f'"pid": {first.pid}' in open(lock).read() and glob.glob(f"{run_dir}/metrics-*"):
                 break
             time.sleep(1)
-        assert first.poll() is None, first.stdout.read()[-5000:]
+        assert first.poll() is None, log1.read_text()[-5000:]
         second = subprocess.run(_cmd(_args(embedded_assets_dir, run_dir)), cwd=tmp_path, env=_env(),
                                 capture_output=True, text=True, timeout=300)
         out2 = second.stdout + second.stderr
         assert second.returncode != 0
         assert f"run directory {run_dir} is in use by another run" in out2 and f"pid {first.pid}" in out2, out2[-3000:]
         assert "Started a local Ray instance" not in out2
-        out1, _ = first.communicate(timeout=900)
+        first.wait(timeout=900)
     finally:
         if first.poll() is None:
             first.kill()
-    assert first.returncode == 0, out1[-5000:]
+    assert first.returncode == 0, log1.read_text()[-5000:]
     assert len(glob.glob(f"{run_dir}/metrics-*.jsonl")) == 1  # the refused run wrote none
     assert {1, 2} <= set(_metrics(run_dir)) and os.path.isdir(run_dir / "global_step_2")
     assert open(run_layout.lock_file(str(run_dir))).read() == ""  # released at the end
