@@ -2,7 +2,7 @@
 
 ``conf/experiment/cpu_arithmetic.yaml`` points ``actor_rollout_ref.model.path`` and
 ``data.{train,val}_files`` into ``gxpo_embedded.dir/<gxpo_embedded.version>`` (default
-``~/.cache/verl-gxpo/...``). When a configured path lies under ``gxpo_embedded.dir``,
+``~/.cache/verl-gxpo/...``). When a configured path is one of these embedded paths,
 :func:`prepare_embedded_assets` makes sure it holds exactly what ``gxpo_embedded`` describes, before
 Ray starts, building what is missing or stale:
 
@@ -17,8 +17,9 @@ Ray starts, building what is missing or stale:
 Every step is deterministic and records its arguments in a manifest; an asset whose manifest
 matches is reused, so only the first run pays for the build (the warm start: 500 single-thread
 steps, about 3 CPU-minutes; measured 21 min wall on a 2-core machine shared at load 20-70). ``gxpo_embedded.version`` is part of the paths: a new task design bumps it, so
-caches of older designs are never picked up. Paths anywhere else are left alone, so GPU configs never
-touch this.
+caches of older designs are never picked up. Paths anywhere else -- a user's own data file or
+folder, even one inside the cache -- are left alone: nothing is written into or beside them, and GPU
+configs never touch this.
 """
 
 from __future__ import annotations
@@ -29,11 +30,8 @@ import os
 from omegaconf import DictConfig, OmegaConf
 
 DATA_MANIFEST = "verl_ext_data_manifest.json"
-
-
-def _under(path: str, root: str) -> bool:
-    path, root = os.path.abspath(os.path.expanduser(path)), os.path.abspath(os.path.expanduser(root))
-    return os.path.commonpath([path, root]) == root
+DATA_FOLDER = "arithmetic"
+DATA_FILES = ("train.parquet", "val.parquet")
 
 
 def _section(emb: DictConfig, key: str) -> dict:
@@ -41,13 +39,33 @@ def _section(emb: DictConfig, key: str) -> dict:
     return dict(OmegaConf.to_container(value, resolve=True)) if value is not None else {}
 
 
-def _prepare_data(config: DictConfig, data_args: dict) -> bool:
+def _abs(path) -> str:
+    return os.path.abspath(os.path.expanduser(str(path)))
+
+
+def embedded_data_dir(emb: DictConfig) -> str:
+    """The one folder the embedded data is built in: ``<gxpo_embedded.dir>/<version>/arithmetic``."""
+    return os.path.join(_abs(emb.dir), str(emb.version), DATA_FOLDER)
+
+
+def embedded_data_files(config: DictConfig) -> list[str]:
+    """The configured data files that ARE the embedded task's (``train.parquet`` / ``val.parquet`` of
+    :func:`embedded_data_dir`); any other path is the user's and is never written."""
+    emb = config.get("gxpo_embedded")
+    if emb is None:
+        return []
+    from recipe.gxpo.data_check import data_files
+
+    ours = {os.path.join(embedded_data_dir(emb), name) for name in DATA_FILES}
+    return [_abs(p) for _, p in data_files(config) if _abs(p) in ours]
+
+
+def _prepare_data(data_dir: str, data_args: dict) -> bool:
     from verl_ext.data.arithmetic import make_arithmetic_dataset
 
-    data_dir = os.path.dirname(os.path.abspath(os.path.expanduser(str(config.data.train_files))))
     manifest_path = os.path.join(data_dir, DATA_MANIFEST)
     wanted = {"builder": "verl_ext.data.arithmetic", "args": data_args}
-    files = [os.path.join(data_dir, "train.parquet"), os.path.join(data_dir, "val.parquet")]
+    files = [os.path.join(data_dir, name) for name in DATA_FILES]
     try:
         with open(manifest_path, encoding="utf-8") as f:
             current = json.load(f)
@@ -62,25 +80,26 @@ def _prepare_data(config: DictConfig, data_args: dict) -> bool:
 
 
 def prepare_embedded_assets(config: DictConfig) -> list[str]:
-    """Build (or reuse) the data and model the config asks for under ``gxpo_embedded.dir``; return what was built."""
+    """Build (or reuse) the data and model the config asks for under ``gxpo_embedded.dir``; return what was built.
+
+    Only paths that are the embedded task's own are built, and only in the cache: the data in
+    :func:`embedded_data_dir` when ``data.train_files`` / ``data.val_files`` name its files, the model
+    when ``actor_rollout_ref.model.path`` lies directly in ``<gxpo_embedded.dir>/<version>``. A file
+    or folder the user passed is never written (nothing is built beside it)."""
     emb = config.get("gxpo_embedded")
     if emb is None:
         return []
     root = str(emb.dir)
     built = []
 
-    files = [config.data.train_files, *([config.data.val_files] if isinstance(config.data.val_files, str) else config.data.val_files)]
-    wanted = [str(f) for f in files if _under(str(f), root)]
     data_args = _section(emb, "data")
-    if wanted:
-        if _prepare_data(config, data_args):
-            built.append(os.path.dirname(str(config.data.train_files)))
-        missing = [f for f in wanted if not os.path.exists(f)]
-        if missing:
-            raise FileNotFoundError(f"embedded task did not produce {missing}; data files must be train.parquet/val.parquet in one folder")
+    if embedded_data_files(config):
+        data_dir = embedded_data_dir(emb)
+        if _prepare_data(data_dir, data_args):
+            built.append(data_dir)
 
-    model_path = os.path.abspath(os.path.expanduser(str(config.actor_rollout_ref.model.path)))
-    if _under(model_path, root):
+    model_path = _abs(config.actor_rollout_ref.model.path)
+    if os.path.dirname(model_path) == os.path.join(_abs(root), str(emb.version)):
         from verl_ext.models.tiny import MANIFEST as TINY_MANIFEST
         from verl_ext.models.tiny import build_tiny_model
 

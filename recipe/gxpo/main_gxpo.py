@@ -203,8 +203,9 @@ def prepare_outputs(config: DictConfig) -> str:
     """Every run, however started, keeps checkpoints, metrics and wandb files in one directory,
     ``trainer.default_local_dir`` (made absolute on the driver; Ray workers may run elsewhere):
 
-    * the ``file`` logger is always on, writing ``<dir>/metrics-<stamp>.jsonl`` (what
-      ``launch.report`` and the summary read), unless ``VERL_FILE_LOGGER_PATH`` names a file;
+    * the ``file`` logger is always on, writing a new ``<dir>/metrics-<stamp>-<pid>.jsonl`` (what
+      ``launch.report`` and the summary read), unless ``VERL_FILE_LOGGER_PATH`` names a file, which
+      must not hold metrics already (verl's file logger would truncate it);
     * wandb writes under ``<dir>/wandb`` (``WANDB_DIR``) and is offline unless ``WANDB_MODE`` is set;
     * inside a Ray job whose working_dir copy would hold these outputs, a loud warning.
 
@@ -218,8 +219,14 @@ def prepare_outputs(config: DictConfig) -> str:
         if "file" not in loggers:
             config.trainer.logger = [*loggers, "file"]
         metrics = os.environ.get("VERL_FILE_LOGGER_PATH") or env_vars.get("VERL_FILE_LOGGER_PATH")
-        if not metrics:  # one file per launch: verl's file logger truncates its file when it starts
-            metrics = run_layout.metrics_file(run_dir)
+        if metrics and os.path.isfile(metrics) and os.path.getsize(metrics) > 0:
+            from verl_ext.core.config import ConfigError
+
+            raise ConfigError("VERL_FILE_LOGGER_PATH", metrics, "a metrics file that does not exist yet (verl's file "
+                              "logger would truncate this one); unset it and the run writes a new "
+                              f"{run_dir}/metrics-<stamp>-<pid>.jsonl")
+        if not metrics:  # a new file per launch, created here: verl's file logger truncates its file when it starts
+            metrics = run_layout.reserve_metrics_file(run_dir)
             env_vars["VERL_FILE_LOGGER_PATH"] = metrics
         if "wandb" in config.trainer.logger:
             if not os.environ.get("WANDB_DIR") and "WANDB_DIR" not in env_vars:
@@ -267,39 +274,48 @@ def run_gxpo(config: DictConfig) -> None:
     import ray
     from verl.trainer.main_ppo import run_ppo
 
-    from recipe.gxpo.embedded import prepare_embedded_assets
+    from recipe.gxpo.data_check import check_data_files
+    from recipe.gxpo.embedded import embedded_data_files, prepare_embedded_assets
     from recipe.gxpo.preemption import DriverStop
     from recipe.gxpo.resume import plan_resume
+    from recipe.gxpo.run_lock import hold_run_dir
     from recipe.gxpo.summary import summarize
+    from verl_ext.rewards import guard
     from verl_ext.workers.task_runner import GXPOTaskRunner
 
     validate_update_rule(config)  # fail fast, before building anything
-    for path in prepare_embedded_assets(config):
-        print(f"[gxpo] built embedded asset: {path}")
-    validate_gxpo_config(config)
-    metrics_path = prepare_outputs(config)
     rule = config.actor_rollout_ref.actor.update_rule
     plan_resume(config)  # the newest whole checkpoint, checked before Ray (recipe/gxpo/resume.py)
     note = finished_run_note(config)
-    if note:
+    if note:  # nothing to train: nothing is built, locked or written
         print(f"[gxpo] {note}", flush=True)
-        print(summarize(os.path.dirname(metrics_path), config.trainer.default_local_dir, rule, note=note))
+        run_dir = os.path.abspath(os.path.expanduser(str(config.trainer.default_local_dir)))
+        print(summarize(run_dir, run_dir, rule, note=note))
         return
-    _export_plugins(config)
-    _fit_ray_init(config)
-    _fit_runtime_env_to_job(config)
-    started_ray = not ray.is_initialized()
-    stop, failure = DriverStop(config), None  # SIGTERM: checkpoint, exit 75 (recipe/gxpo/preemption.py)
-    try:
-        run_ppo(config, task_runner_class=stop.runner(GXPOTaskRunner))
-    except BaseException as e:  # noqa: BLE001  (reported below, after Ray is down, with the resume line last)
-        failure = e
-    finally:
-        stop.close()
-        if started_ray and ray.is_initialized():  # free the run's resources (the next job of a multirun needs them)
-            ray.shutdown()
-    if failure is not None:
-        stop.fail(failure)
+    guard.install(config)  # reward.non_finite, and the reward function loads (verl_ext/rewards/guard.py)
+    check_data_files(config, skip=tuple(embedded_data_files(config)))  # the user's files (read only), before any build
+    # one live run per directory: held from here until this process ends the run (recipe/gxpo/run_lock.py)
+    with hold_run_dir(os.path.abspath(os.path.expanduser(str(config.trainer.default_local_dir)))):
+        for path in prepare_embedded_assets(config):
+            print(f"[gxpo] built embedded asset: {path}")
+        check_data_files(config)
+        validate_gxpo_config(config)
+        metrics_path = prepare_outputs(config)
+        _export_plugins(config)
+        _fit_ray_init(config)
+        _fit_runtime_env_to_job(config)
+        started_ray = not ray.is_initialized()
+        stop, failure = DriverStop(config), None  # SIGTERM: checkpoint, exit 75 (recipe/gxpo/preemption.py)
+        try:
+            run_ppo(config, task_runner_class=stop.runner(GXPOTaskRunner))
+        except BaseException as e:  # noqa: BLE001  (reported below, after Ray is down, with the resume line last)
+            failure = e
+        finally:
+            stop.close()
+            if started_ray and ray.is_initialized():  # free the run's resources (the next job of a multirun needs them)
+                ray.shutdown()
+        if failure is not None:
+            stop.fail(failure)  # the error (a reward fault: the function's exception, once), then the resume line
     print(summarize(os.path.dirname(metrics_path), config.trainer.default_local_dir, rule, note=stop.note()))
     stop.exit_if_stopped()
 

@@ -166,6 +166,9 @@ class DriverStop:
             self._exit(EXIT_PREEMPTED, f"[gxpo] preempted ({self.signal_name}): {_reason(exc)}")
         if isinstance(exc, KeyboardInterrupt):
             self._exit(130, "[gxpo] interrupted")
+        fault = _run_fault(exc)
+        if fault is not None:  # a reward fault or a run without updates: its own message, once, no traceback
+            self._exit(1, f"[gxpo] the run stopped: {fault}")
         traceback.print_exception(exc, file=sys.stderr)
         self._exit(1, f"[gxpo] the run failed: {_reason(exc)}")
 
@@ -175,6 +178,17 @@ class DriverStop:
         print(message, flush=True)
         print(f"[gxpo] {resume.resume_line(self.config)}", flush=True)
         raise SystemExit(status)
+
+
+def _run_fault(exc: BaseException) -> Optional[BaseException]:
+    """The reward fault (verl_ext/rewards/guard.py) or no-update verdict (verl_ext/workers/update_check.py)
+    behind a run's error, unwrapped from Ray's task error, or None for any other error."""
+    from verl_ext.rewards.guard import RewardFault
+    from verl_ext.workers.update_check import NoUpdateApplied
+
+    if not isinstance(exc, (RewardFault, NoUpdateApplied)):  # Ray re-raises the TaskRunner's error as its class too
+        return None
+    return getattr(exc, "cause", None) or exc
 
 
 def _reason(exc: BaseException) -> str:

@@ -1,8 +1,9 @@
 """Where one run's outputs live, and how runs are named: shared by the entry point and the launchers.
 
 A run is one directory, ``trainer.default_local_dir``: verl's checkpoints (``global_step_N/``), the
-metrics file ``launch.report`` reads (``metrics-<stamp>.jsonl``, one per launch because verl's file
-logger truncates its file when it starts) and wandb's files (``wandb/``). The launchers set it to
+metrics file ``launch.report`` reads (``metrics-<stamp>-<pid>.jsonl``, one per launch, created new
+by the driver, because verl's file logger truncates its file when it starts), wandb's files
+(``wandb/``) and the lock file (``.gxpo-run.lock``) a live run holds. The launchers set it to
 ``<log_dir>/<run name>``; a direct ``python -m recipe.gxpo.main_gxpo`` uses the config's value
 (absolute, from the driver's working directory).
 
@@ -34,8 +35,34 @@ def sanitize(text: str) -> str:
     return _SAFE.sub("-", str(text)).strip("-")
 
 
-def metrics_file(run_dir: str, stamp: str | None = None) -> str:
-    return os.path.join(run_dir, f"metrics-{stamp or timestamp()}.jsonl")
+# the lock file that marks a run directory as held by a live run (recipe/gxpo/run_lock.py)
+LOCK_FILE = ".gxpo-run.lock"
+
+
+def metrics_file(run_dir: str, stamp: str | None = None, pid: int | None = None) -> str:
+    """``<run_dir>/metrics-<stamp>-<pid>.jsonl``: the launch's start time and driver pid, so two
+    launches never share a name (names sort by start time)."""
+    return os.path.join(run_dir, f"metrics-{stamp or timestamp()}-{os.getpid() if pid is None else pid}.jsonl")
+
+
+def reserve_metrics_file(run_dir: str) -> str:
+    """Create this launch's metrics file, empty, with a name no other file has (``O_EXCL``: a taken
+    name gets a ``-<n>`` suffix); verl's file logger, which opens its file for writing, then only
+    ever opens a file this launch created."""
+    os.makedirs(run_dir, exist_ok=True)
+    base = metrics_file(run_dir)[: -len(".jsonl")]
+    for n in range(1000):
+        path = f"{base}.jsonl" if n == 0 else f"{base}-{n}.jsonl"
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free metrics file name under {run_dir} ({base}*.jsonl)")
+
+
+def lock_file(run_dir: str) -> str:
+    return os.path.join(run_dir, LOCK_FILE)
 
 
 # ------------------------------------------------------------------------------------------- naming

@@ -27,6 +27,8 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from verl_ext.metrics.pass_at_k import parse_pass_at_k_setting, pass_at_k_metrics
 
+from verl_ext.rewards.guard import ZEROED_METRIC
+
 from . import checkpoint_files
 from .actor_worker import GXPOActorRolloutRefWorker
 from .preemption import FlagReader
@@ -68,6 +70,51 @@ class GXPOTrainerSync(PPOTrainerSync):
         for key in [k for k in metrics if k.startswith(_RULE_PREFIXES)]:
             metrics[key[len("actor/"):]] = metrics.pop(key)
         self._next_after_update(metrics)
+        self._updates_seen().observe(getattr(self, "global_steps", 0), metrics)
+        if self._reward_guard() is not None and self._reward_guard().get("non_finite") == "zero":
+            metrics[ZEROED_METRIC] = getattr(self, "_zeroed_rewards", 0)
+        return out
+
+    # ------------------------------------------------------------- failures that stop the run
+    def _reward_guard(self):
+        """The guarded reward function's spec (verl_ext/rewards/guard.py), or None."""
+        from verl_ext.rewards.guard import installed_spec
+
+        return installed_spec(self.config)
+
+    def _check_rewards(self, phase: str) -> None:
+        """Stop at once when the reward function raised, or returned non-finite scores under
+        ``reward.non_finite=error``, for anything scored since the last check (before it is used)."""
+        spec = self._reward_guard()
+        if spec is None:
+            return
+        from verl_ext.rewards.guard import check_reports, take_report
+
+        step = getattr(self, "global_steps", "?")
+        where = f"training step {step}" if phase == "training" else f"{phase} at step {step}"
+        workers = getattr(self.reward_loop_manager, "reward_loop_workers", None) or []
+        total = check_reports(ray.get([w.__ray_call__.remote(take_report) for w in workers]), spec, where)
+        if phase == "training":
+            self._zeroed_rewards = getattr(self, "_zeroed_rewards", 0) + total["zeroed"]
+
+    def _updates_seen(self):
+        from verl_ext.workers.update_check import AppliedUpdates
+
+        if getattr(self, "_applied_updates", None) is None:
+            self._applied_updates = AppliedUpdates(str(self.config.actor_rollout_ref.actor.get("update_rule", "grpo")))
+        return self._applied_updates
+
+    def on_sample_end(self):
+        out = super().on_sample_end()
+        self._check_rewards("training")
+        return out
+
+    def fit(self, *args, **kwargs):
+        """verl's training loop; a launch whose steps applied no update ends with an error, not "finished"."""
+        out = super().fit(*args, **kwargs)
+        failure = self._updates_seen().verdict()
+        if failure is not None:
+            raise failure
         return out
 
     def _val_metrics_update(
@@ -76,6 +123,7 @@ class GXPOTrainerSync(PPOTrainerSync):
         """verl's validation metrics plus the unbiased ``val-core/<data_source>/acc/pass@<k>`` for
         k = 1, k = ``rollout.val_kwargs.n`` and every k in ``trainer.val_pass_at_k``
         (:mod:`verl_ext.metrics.pass_at_k`; verl's ``best@k`` is a bootstrap, not pass@k)."""
+        self._check_rewards("validation")
         metrics = super()._val_metrics_update(
             data_sources, sample_uids, reward_extra_infos_dict, sample_turns, expected_acc_counts=expected_acc_counts
         )
