@@ -34,7 +34,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Disabled critic:UserWarning")
 if importlib.util.find_spec("conf") is None:  # `pkg://conf` needs the package importable
     sys.path.insert(0, str(REPO))
 
-# What the paper's method rows mean (update_rule, K, alpha); alpha values are the spec defaults
+# What the paper's method rows mean (update_rule, K, alpha); alpha values are the dataclass defaults (docs/algorithm.md#variants)
 # (the paper's were lost in extraction).
 PAPER_METHODS = {
     "grpo": ("grpo", None, None),
@@ -134,7 +134,7 @@ def test_main_config_without_groups_keeps_its_own_values(compose):
     assert actor.strategy == "fsdp2"
     assert actor.update_rule == "gxpo"
     assert (actor.gxpo.K, actor.gxpo.alpha, actor.gxpo.shutoff) == (5, 1.0, "adaptive")
-    # the section-10 knobs are null in the YAML (= the variant's default); resolved they are the spec's
+    # the variant knobs are null in the YAML (= the variant's default); resolved they are the variant table's
     from verl_ext.core.config import GXPOConfig, build_config
 
     gx = build_config(GXPOConfig, OmegaConf.to_container(actor.gxpo, resolve=True), "gxpo.")

@@ -1,6 +1,6 @@
-"""Configuration of the update rules (GXPO_SPEC.md sections 6 and 10), framework-free.
+"""Configuration of the update rules (docs/algorithm.md#configuration, #variants), framework-free.
 
-These dataclasses carry every knob of the spec with its default. They validate themselves on
+These dataclasses carry every knob of docs/algorithm.md with its default. They validate themselves on
 construction and raise :class:`ConfigError`, whose message names the key, the bad value and what is
 allowed. The verl adapter (``verl_ext.workers.config``) embeds them under
 ``actor_rollout_ref.actor.gxpo`` / ``.sfpo`` and passes that prefix so errors name the full key.
@@ -58,7 +58,7 @@ def _check_shutoff_at(prefix: str, shutoff: str, shutoff_at: Any) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# GXPO variants (spec section 10): a variant names the defaults of every knob left unset (None).
+# GXPO variants (docs/algorithm.md#variants): a variant names the defaults of every knob left unset (None).
 # --------------------------------------------------------------------------------------------------
 
 GXPO_VARIANTS = ("paper_text", "authors")
@@ -73,8 +73,8 @@ GATE_SIGNALS = ("corrective_norm", "corrective_norm_clipped", "probe_norm", "ent
 GATE_STATS = ("window", "ema")
 GATE_GRANULARITIES = ("update", "step")
 
-# knob -> (paper_text, authors). paper_text is exactly the behaviour of spec sections 3-4; authors is
-# the last column of the section-10 table. Two knobs are not named in the table but make one of its
+# knob -> (paper_text, authors). paper_text is exactly the behaviour of docs/algorithm.md#active-update and
+# #shutoff-gate; authors is the last column of the table in docs/algorithm.md#variants. Two knobs are not named in the table but make one of its
 # rows precise: ``scale_guard`` (the scale_eps row: S_2 floored at scale_eps = "guard", or s = 1
 # where |S_2| <= scale_eps) and ``trip_inclusive`` (paper text: trip on z > tau; authors: z >= tau).
 # ``ratio_denominator`` is the table's "ratio denominator" row.
@@ -123,9 +123,9 @@ def _check_real_in(prefix: str, name: str, v: Any, lo: float, hi: float, what: s
 
 @dataclass
 class GXPOConfig:
-    """Knobs of the GXPO rule (spec sections 3, 4, 6, 8 and 10).
+    """Knobs of the GXPO rule (docs/algorithm.md#active-update, #shutoff-gate, #variants).
 
-    Every section-10 knob defaults to ``None`` = "the value of ``variant``" (table
+    Every variant knob defaults to ``None`` = "the value of ``variant``" (table
     :data:`VARIANT_DEFAULTS`); a knob set explicitly wins. Resolution runs on construction and on
     every :meth:`validate`, so afterwards every field holds its final value; :meth:`resolved` is the
     dict of them (printed at rule build, saved in the rule state) and :attr:`explicit` the knobs the
@@ -141,7 +141,7 @@ class GXPOConfig:
     metric: gxpo/scale_mean
     """
     variant: str = "paper_text"
-    """Names the defaults of every section-10 knob left unset (null): paper_text = the update as the
+    """Names the defaults of every variant knob left unset (null): paper_text = the update as the
     paper's text describes it; authors = the authors' public code. A knob set explicitly wins.
 
     range: paper_text, authors
@@ -378,7 +378,7 @@ class GXPOConfig:
 
     @property
     def explicit(self) -> frozenset:
-        """Names of the section-10 knobs that were set explicitly (not taken from ``variant``)."""
+        """Names of the variant knobs that were set explicitly (not taken from ``variant``)."""
         return self.__dict__.get("_explicit", frozenset())
 
     def resolved(self) -> dict:
@@ -439,7 +439,7 @@ class GXPOConfig:
 
 @dataclass
 class SFPOConfig:
-    """Knobs of the SFPO baseline (spec section 5).
+    """Knobs of the SFPO baseline (docs/algorithm.md#sfpo).
 
     The entropy gate tests ``|z| > z_threshold`` once the rolling buffer holds ``window`` values
     (an entropy collapse and an entropy spike both mean the fast steps drifted too far).
