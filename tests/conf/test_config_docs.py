@@ -57,3 +57,33 @@ def test_attribute_docstrings_are_parsed():
     assert set(docs) == {"K"}
     assert docs["K"].meaning == "Lookahead depth: how far to predict."
     assert (docs["K"].range, docs["K"].metric) == ("integer >= 2", "gxpo/scale_mean")
+
+
+def test_conf_readme_lists_every_option_of_every_group():
+    """conf/README.md's option table is generated from conf/*/*.yaml and the recipe config's defaults."""
+    gen = _generator()
+    current = (ROOT / "conf" / "README.md").read_text()
+    assert current == gen.render_conf_readme(current), (
+        "conf/README.md's option table is out of date with conf/: run python tools/gen_config_docs.py"
+    )
+    table = current.split(gen.OPTIONS_BEGIN, 1)[1].split(gen.OPTIONS_END, 1)[0]
+    for f in sorted((ROOT / "conf").glob("*/*.yaml")):
+        assert f"| `{f.parent.name}` | `{f.stem}` |" in table, f"conf/README.md does not list {f.relative_to(ROOT)}"
+    assert "`experiment`: `cpu_arithmetic`" in table  # the default experiment is not null
+
+
+def test_conf_readme_generator_reads_a_new_option(tmp_path, monkeypatch):
+    """A new option file shows up in the table with its first sentence; the default is marked."""
+    gen = _generator()
+    conf = tmp_path / "conf"
+    (conf / "method").mkdir(parents=True)
+    (conf / "method" / "mine.yaml").write_text("# @package _global_\n# My rule. More words.\n#\n# later\n")
+    (conf / "method" / "base.yaml").write_text("# Base rule (Figs. 4-5) here.\n")
+    recipe = tmp_path / "gxpo_trainer.yaml"
+    recipe.write_text("defaults:\n  - ppo_trainer\n  - _self_\n  - method: base\n")
+    monkeypatch.setattr(gen, "CONF_DIR", conf)
+    monkeypatch.setattr(gen, "RECIPE_CONFIG", recipe)
+    table = gen.render_options()
+    assert "| `method` | `mine` |  | My rule. |" in table
+    assert "| `method` | `base` | yes | Base rule (Figs. 4-5) here. |" in table
+    assert "`method`: `base`" in table
