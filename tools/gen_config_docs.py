@@ -6,18 +6,21 @@ and the table of every Hydra group option in conf/README.md from the files under
 
 Per-field docs convention: an *attribute docstring* -- a string literal on the line(s) right after the
 field, as Sphinx autodoc reads them -- whose first paragraph says what the key means; optional lines
-``range: ...`` (allowed values) and ``metric: ...`` (the logged metric(s) it moves) follow::
+``range: ...`` (allowed values), ``source: ...`` (where the default comes from: the paper, the
+authors' code or script, or chosen here) and ``metric: ...`` (the logged metric(s) it moves) follow::
 
     K: int = 5
     \"\"\"Virtual lookahead depth: how many optimizer steps the extrapolation predicts.
 
     range: integer >= 2
+    source: chosen here
     metric: gxpo/scale_mean
     \"\"\"
 
 Defaults come from the dataclass itself; a field whose default is ``None`` and that appears in the
 module's ``VARIANT_DEFAULTS`` (knob -> one value per entry of ``GXPO_VARIANTS``) is shown with each
-variant's default. The few keys that are not dataclass fields (``update_rule``, ``trainer.*``) are
+variant's default. A dataclass named in :data:`THEMES` is shown in themed tables (extrapolation,
+ratio, gate, optimizer state, faults, diagnostics). The few keys that are not dataclass fields (``update_rule``, ``trainer.*``) are
 described in :data:`OTHER_KEYS`, with their allowed values taken from the modules that validate
 them. Only the standard library and the framework-free ``verl_ext.core`` / ``verl_ext.tracking`` /
 ``verl_ext.metrics`` modules are imported (pure torch, no verl).
@@ -51,6 +54,45 @@ SECTIONS = (
 )
 
 
+# Themes of a section's keys, in the order they are shown (like TRL's grouped config docs). Every
+# field of a themed dataclass must appear in exactly one theme (a new field fails the test until it
+# is placed); a dataclass not listed here is shown as one table.
+THEMES = {
+    "GXPOConfig": (
+        ("Extrapolation", "how far the update jumps (docs/algorithm.md#active-update)",
+         ("K", "variant", "alpha", "scale_eps", "scale_guard", "scale_min", "scale_headroom")),
+        ("Retention ratio", "what the ratio is formed from, where, and its clamp (docs/algorithm.md#variants)",
+         ("ratio_source", "active_mode", "active_eps", "active_rel", "ratio_denominator", "ratio_min", "ratio_max",
+          "ratio_nonfinite")),
+        ("Shutoff gate", "when GXPO switches itself off (docs/algorithm.md#shutoff-gate)",
+         ("shutoff", "shutoff_at", "gate_signal", "gate_stat", "ema_omega", "window", "warmup", "z_threshold",
+          "z_eps", "two_sided", "trip_inclusive", "patience", "gate_granularity")),
+        ("Optimizer state and passes", "what each pass starts from (docs/algorithm.md#variants)",
+         ("optimizer_state", "recompute_old_log_probs")),
+        ("Faults", "what a failed probe or a degenerate mini-batch does (docs/algorithm.md#faults)",
+         ("on_failure", "min_probe_norm", "degenerate_skip_frac")),
+        ("Memory and diagnostics", "(docs/algorithm.md#active-update, docs/algorithm.md#metrics)",
+         ("host_buffers", "diagnose_every")),
+    ),
+}
+
+
+def themes_of(cls) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+    """``cls``'s themes (title, what, field names); raises when a field is in none or in two."""
+    names = [f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")]
+    themes = THEMES.get(cls.__name__)
+    if themes is None:
+        return (("", "", tuple(names)),)
+    placed = [n for _, _, fs in themes for n in fs]
+    unplaced = [n for n in names if n not in placed]
+    doubled = sorted({n for n in placed if placed.count(n) > 1})
+    unknown = [n for n in placed if n not in names]
+    if unplaced or doubled or unknown:
+        raise ValueError(f"THEMES[{cls.__name__!r}] must place every field once: unplaced {unplaced}, "
+                         f"placed twice {doubled}, not a field {unknown}")
+    return themes
+
+
 def _other_keys() -> tuple[tuple[str, str, str, str], ...]:
     """(key, meaning, allowed, default) of the project's keys that are not fields of the dataclasses above."""
     from verl_ext.core.config import UPDATE_RULES
@@ -79,6 +121,7 @@ class FieldDoc:
     meaning: str = ""
     range: str = ""
     metric: str = ""
+    source: str = ""
 
 
 def _load(target: str):
@@ -110,7 +153,7 @@ def _parse(name: str, doc: str) -> FieldDoc:
     meaning: list[str] = []
     for line in doc.splitlines():
         key, _, rest = line.partition(":")
-        if key.strip().lower() in ("range", "metric") and rest.strip():
+        if key.strip().lower() in ("range", "metric", "source") and rest.strip():
             setattr(fd, key.strip().lower(), rest.strip())
         else:
             meaning.append(line)
@@ -169,19 +212,21 @@ def render() -> str:
         docs = field_docs(cls)
         summary = inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0].replace("\n", " ")
         lines += [f"## `{prefix}` ({cls.__name__})", "", f"{summary} Keys are {when}.", ""]
-        lines += ["| key | meaning | allowed | default | metric it moves |", "|---|---|---|---|---|"]
+        by_name = {f.name: f for f in dataclasses.fields(cls)}
         missing = []
-        for f in dataclasses.fields(cls):
-            if f.name.startswith("_"):
-                continue
-            d = docs.get(f.name)
-            if d is None:
-                missing.append(f.name)
-                d = FieldDoc(f.name)
-            lines.append(
-                f"| `{f.name}` | {_cell(d.meaning)} | {_cell(d.range)} | {_default(module, cls, f)} | {_cell(d.metric)} |"
-            )
-        lines.append("")
+        for title, what, names in themes_of(cls):
+            if title:
+                lines += [f"### {title}", "", f"{what[:1].upper()}{what[1:]}.", ""]
+            lines += ["| key | meaning | allowed | default | source of the default | metric it moves |",
+                      "|---|---|---|---|---|---|"]
+            for name in names:
+                d = docs.get(name)
+                if d is None:
+                    missing.append(name)
+                    d = FieldDoc(name)
+                lines.append(f"| `{name}` | {_cell(d.meaning)} | {_cell(d.range)} | "
+                             f"{_default(module, cls, by_name[name])} | {_cell(d.source)} | {_cell(d.metric)} |")
+            lines.append("")
         if missing:
             lines += [f"Not documented on `{cls.__name__}` yet (no field docstring): "
                       + ", ".join(f"`{m}`" for m in missing) + ".", ""]

@@ -7,6 +7,8 @@ import importlib.util
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
 from helpers.paths import REPO_ROOT
 
 ROOT = REPO_ROOT
@@ -87,3 +89,32 @@ def test_conf_readme_generator_reads_a_new_option(tmp_path, monkeypatch):
     assert "| `method` | `mine` |  | My rule. |" in table
     assert "| `method` | `base` | yes | Base rule (Figs. 4-5) here. |" in table
     assert "`method`: `base`" in table
+
+
+def test_gxpo_keys_are_grouped_by_theme_with_the_source_of_each_default():
+    """docs/configuration.md shows GXPO's keys under themes, each key once, and every GXPO/SFPO key
+    says where its default comes from (the paper, the authors' code or script, or chosen here)."""
+    gen = _generator()
+    text = gen.render()
+    gxpo = text.split("## `actor_rollout_ref.actor.gxpo`", 1)[1].split("\n## ", 1)[0]
+    for theme in ("Extrapolation", "Retention ratio", "Shutoff gate", "Optimizer state and passes", "Faults",
+                  "Memory and diagnostics"):
+        assert f"\n### {theme}\n" in gxpo
+    from verl_ext.core.config import GXPOConfig, SFPOConfig
+
+    for cls in (GXPOConfig, SFPOConfig):
+        docs = gen.field_docs(cls)
+        no_source = [f.name for f in dataclasses.fields(cls) if not docs[f.name].source]
+        assert not no_source, f"{cls.__name__} fields without a 'source:' line: {no_source}"
+        for f in dataclasses.fields(cls):
+            assert f"| {docs[f.name].source.replace('|', chr(92) + '|')} |" in text
+
+
+def test_a_field_outside_every_theme_is_refused(monkeypatch):
+    gen = _generator()
+    from verl_ext.core.config import GXPOConfig
+
+    themes = gen.THEMES["GXPOConfig"]
+    monkeypatch.setitem(gen.THEMES, "GXPOConfig", themes[:-1])  # drops host_buffers / diagnose_every
+    with pytest.raises(ValueError, match="unplaced \\['host_buffers', 'diagnose_every'\\]"):
+        gen.themes_of(GXPOConfig)
