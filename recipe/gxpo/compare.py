@@ -43,6 +43,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from recipe.gxpo import run_layout
+
 # LoRA rows (NExt extrapolates LoRA adapters): rank 8 / alpha 16 on the tiny model's projections, and
 # the same step size for NExt and its LoRA GRPO reference, so the two differ only by NExt's events.
 LORA = ["actor_rollout_ref.model.lora_rank=8", "actor_rollout_ref.model.lora_alpha=16",
@@ -87,24 +89,8 @@ _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 
 
 
 def read_run(run_dir: str) -> dict[int, dict]:
-    """step -> merged metrics of every ``metrics*.jsonl`` in ``run_dir`` (later files win on a step)."""
-    steps: dict[int, dict] = {}
-    for path in sorted(glob.glob(os.path.join(run_dir, "metrics*.jsonl"))):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a killed run
-                data = rec.get("data", {})
-                step = rec.get("step", data.get("training/global_step"))
-                if step is None:
-                    continue
-                steps.setdefault(int(step), {}).update(data)
-    return dict(sorted(steps.items()))
+    """step -> merged metrics of the run's metrics segments (:func:`recipe.gxpo.run_layout.read_metrics`)."""
+    return run_layout.read_metrics(run_dir)
 
 
 def _finite(v) -> Optional[float]:
@@ -371,7 +357,7 @@ def run_one(row: str, seed: int, out: Path, steps: int, overrides: list[str], re
         wall = float((run_dir / "wall_s.txt").read_text())
         print(f"[compare] {row} seed {seed}: finished earlier with the same overrides ({wall / 60:.1f} min), kept", flush=True)
         return run_dir, wall
-    for old in glob.glob(str(run_dir / "metrics*.jsonl")) + glob.glob(str(run_dir / "wall_s.txt")):
+    for old in run_layout.metrics_files(str(run_dir)) + glob.glob(str(run_dir / "wall_s.txt")):
         os.remove(old)
     (run_dir / "meta.json").write_text(json.dumps({"row": row, "seed": seed, "overrides": args}, indent=1))
     print(f"[compare] {row} seed {seed}: python -m recipe.gxpo.main_gxpo {' '.join(args)}", flush=True)
