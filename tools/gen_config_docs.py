@@ -1,8 +1,9 @@
 """Generate docs/configuration.md from the config dataclasses (the only source of the project's keys),
-and the table of every Hydra group option in conf/README.md from the files under conf/.
+the table of every Hydra group option in conf/README.md from the files under conf/, and the
+recipe config's per-variant alpha map from ``VARIANT_DEFAULTS``.
 
-    python tools/gen_config_docs.py            # rewrite both
-    python tools/gen_config_docs.py --check    # exit 1 if either is out of date (tests/conf/test_config_docs.py)
+    python tools/gen_config_docs.py            # rewrite all three
+    python tools/gen_config_docs.py --check    # exit 1 if any is out of date (tests/conf/test_config_docs.py)
 
 Per-field docs convention: an *attribute docstring* -- a string literal on the line(s) right after the
 field, as Sphinx autodoc reads them -- whose first paragraph says what the key means; optional lines
@@ -295,12 +296,31 @@ def render_conf_readme(current: str) -> str:
     return head + render_options() + tail
 
 
+# ------------------------------------------------------------ the recipe config's variant alpha
+# Run names carry alpha, so the recipe config must hold a concrete alpha per variant (a Hydra
+# interpolation cannot call the dataclass). That map is written here from VARIANT_DEFAULTS, the one
+# place the fact is authored.
+VARIANT_ALPHA_LINE = re.compile(r"^(?P<indent>[ \t]*)_variant_alpha: .*$", re.M)
+
+
+def render_recipe_config(current: str) -> str:
+    """``current`` (the recipe config's text) with its ``_variant_alpha`` map written from
+    ``verl_ext.core.config.VARIANT_DEFAULTS["alpha"]``."""
+    from verl_ext.core.config import GXPO_VARIANTS, VARIANT_DEFAULTS
+
+    if not VARIANT_ALPHA_LINE.search(current):
+        raise SystemExit(f"{RECIPE_CONFIG.relative_to(ROOT)} has no '_variant_alpha:' line under actor.gxpo")
+    mapping = ", ".join(f"{v}: {_fmt(a)}" for v, a in zip(GXPO_VARIANTS, VARIANT_DEFAULTS["alpha"]))
+    return VARIANT_ALPHA_LINE.sub(lambda m: f"{m.group('indent')}_variant_alpha: {{{mapping}}}", current, count=1)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if docs/configuration.md is out of date")
     args = parser.parse_args(argv)
     conf_current = CONF_README.read_text()
-    outputs = {OUTPUT: render(), CONF_README: render_conf_readme(conf_current)}
+    outputs = {OUTPUT: render(), CONF_README: render_conf_readme(conf_current),
+               RECIPE_CONFIG: render_recipe_config(RECIPE_CONFIG.read_text())}
     if args.check:
         stale = [p for p, text in outputs.items() if (p.read_text() if p.exists() else "") != text]
         for p in stale:

@@ -118,3 +118,16 @@ def test_a_field_outside_every_theme_is_refused(monkeypatch):
     monkeypatch.setitem(gen.THEMES, "GXPOConfig", themes[:-1])  # drops host_buffers / diagnose_every
     with pytest.raises(ValueError, match="unplaced \\['host_buffers', 'diagnose_every'\\]"):
         gen.themes_of(GXPOConfig)
+
+
+def test_recipe_config_variant_alpha_is_written_from_the_variant_table(monkeypatch):
+    """The recipe config's per-variant alpha map is generated from VARIANT_DEFAULTS, and follows it."""
+    gen = _generator()
+    recipe = (ROOT / "recipe" / "gxpo" / "config" / "gxpo_trainer.yaml").read_text()
+    assert recipe == gen.render_recipe_config(recipe), (
+        "recipe/gxpo/config/gxpo_trainer.yaml's _variant_alpha is out of date: run python tools/gen_config_docs.py"
+    )
+    import verl_ext.core.config as core_config
+
+    monkeypatch.setitem(core_config.VARIANT_DEFAULTS, "alpha", (0.7, 0.25))
+    assert "_variant_alpha: {paper_text: 0.7, authors: 0.25}" in gen.render_recipe_config(recipe)
