@@ -135,3 +135,8 @@ def run_one(row: str, seed: int, out: Path, steps: int, overrides: list[str], re
     (run_dir / "wall_s.txt").write_text(f"{wall:.1f}\n")
     print(f"[compare] {row} seed {seed}: done in {wall / 60:.1f} min", flush=True)
     return run_dir, wall
+
+
+if __name__ == "__main__":  # the command moved with the report (launch may import recipe, not the reverse)
+    sys.exit("python -m recipe.gxpo.compare is now python -m launch.compare (same arguments): "
+             "the report moved to launch.report.paired")
