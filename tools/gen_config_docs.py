@@ -1,22 +1,27 @@
-"""Generate docs/configuration.md from the config dataclasses (the only source of the project's keys).
+"""Generate docs/configuration.md from the config dataclasses (the only source of the project's keys),
+the table of every Hydra group option in conf/README.md from the files under conf/, and the
+recipe config's per-variant alpha map from ``VARIANT_DEFAULTS``.
 
-    python tools/gen_config_docs.py            # rewrite docs/configuration.md
-    python tools/gen_config_docs.py --check    # exit 1 if it is out of date (tests/test_config_docs.py)
+    python tools/gen_config_docs.py            # rewrite all three
+    python tools/gen_config_docs.py --check    # exit 1 if any is out of date (tests/conf/test_config_docs.py)
 
 Per-field docs convention: an *attribute docstring* -- a string literal on the line(s) right after the
 field, as Sphinx autodoc reads them -- whose first paragraph says what the key means; optional lines
-``range: ...`` (allowed values) and ``metric: ...`` (the logged metric(s) it moves) follow::
+``range: ...`` (allowed values), ``source: ...`` (where the default comes from: the paper, the
+authors' code or script, or chosen here) and ``metric: ...`` (the logged metric(s) it moves) follow::
 
     K: int = 5
     \"\"\"Virtual lookahead depth: how many optimizer steps the extrapolation predicts.
 
     range: integer >= 2
+    source: chosen here
     metric: gxpo/scale_mean
     \"\"\"
 
 Defaults come from the dataclass itself; a field whose default is ``None`` and that appears in the
 module's ``VARIANT_DEFAULTS`` (knob -> one value per entry of ``GXPO_VARIANTS``) is shown with each
-variant's default. The few keys that are not dataclass fields (``update_rule``, ``trainer.*``) are
+variant's default. A dataclass named in :data:`THEMES` is shown in themed tables (extrapolation,
+ratio, gate, optimizer state, faults, diagnostics). The few keys that are not dataclass fields (``update_rule``, ``trainer.*``) are
 described in :data:`OTHER_KEYS`, with their allowed values taken from the modules that validate
 them. Only the standard library and the framework-free ``verl_ext.core`` / ``verl_ext.tracking`` /
 ``verl_ext.metrics`` modules are imported (pure torch, no verl).
@@ -29,6 +34,7 @@ import ast
 import dataclasses
 import importlib
 import inspect
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -47,6 +53,45 @@ SECTIONS = (
     ("verl_ext.core.next:NExtConfig", "actor_rollout_ref.actor.next",
      "read when `actor_rollout_ref.actor.next.enable=true`, with any `update_rule` (preset `method=next`)"),
 )
+
+
+# Themes of a section's keys, in the order they are shown (like TRL's grouped config docs). Every
+# field of a themed dataclass must appear in exactly one theme (a new field fails the test until it
+# is placed); a dataclass not listed here is shown as one table.
+THEMES = {
+    "GXPOConfig": (
+        ("Extrapolation", "how far the update jumps (docs/algorithm.md#active-update)",
+         ("K", "variant", "alpha", "scale_eps", "scale_guard", "scale_min", "scale_headroom")),
+        ("Retention ratio", "what the ratio is formed from, where, and its clamp (docs/algorithm.md#variants)",
+         ("ratio_source", "active_mode", "active_eps", "active_rel", "ratio_denominator", "ratio_min", "ratio_max",
+          "ratio_nonfinite")),
+        ("Shutoff gate", "when GXPO switches itself off (docs/algorithm.md#shutoff-gate)",
+         ("shutoff", "shutoff_at", "gate_signal", "gate_stat", "ema_omega", "window", "warmup", "z_threshold",
+          "z_eps", "two_sided", "trip_inclusive", "patience", "gate_granularity")),
+        ("Optimizer state and passes", "what each pass starts from (docs/algorithm.md#variants)",
+         ("optimizer_state", "recompute_old_log_probs")),
+        ("Faults", "what a failed probe or a degenerate mini-batch does (docs/algorithm.md#faults)",
+         ("on_failure", "min_probe_norm", "degenerate_skip_frac")),
+        ("Memory and diagnostics", "(docs/algorithm.md#active-update, docs/algorithm.md#metrics)",
+         ("host_buffers", "diagnose_every")),
+    ),
+}
+
+
+def themes_of(cls) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+    """``cls``'s themes (title, what, field names); raises when a field is in none or in two."""
+    names = [f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")]
+    themes = THEMES.get(cls.__name__)
+    if themes is None:
+        return (("", "", tuple(names)),)
+    placed = [n for _, _, fs in themes for n in fs]
+    unplaced = [n for n in names if n not in placed]
+    doubled = sorted({n for n in placed if placed.count(n) > 1})
+    unknown = [n for n in placed if n not in names]
+    if unplaced or doubled or unknown:
+        raise ValueError(f"THEMES[{cls.__name__!r}] must place every field once: unplaced {unplaced}, "
+                         f"placed twice {doubled}, not a field {unknown}")
+    return themes
 
 
 def _other_keys() -> tuple[tuple[str, str, str, str], ...]:
@@ -82,6 +127,7 @@ class FieldDoc:
     meaning: str = ""
     range: str = ""
     metric: str = ""
+    source: str = ""
 
 
 def _load(target: str):
@@ -113,7 +159,7 @@ def _parse(name: str, doc: str) -> FieldDoc:
     meaning: list[str] = []
     for line in doc.splitlines():
         key, _, rest = line.partition(":")
-        if key.strip().lower() in ("range", "metric") and rest.strip():
+        if key.strip().lower() in ("range", "metric", "source") and rest.strip():
             setattr(fd, key.strip().lower(), rest.strip())
         else:
             meaning.append(line)
@@ -172,39 +218,123 @@ def render() -> str:
         docs = field_docs(cls)
         summary = inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0].replace("\n", " ")
         lines += [f"## `{prefix}` ({cls.__name__})", "", f"{summary} Keys are {when}.", ""]
-        lines += ["| key | meaning | allowed | default | metric it moves |", "|---|---|---|---|---|"]
+        by_name = {f.name: f for f in dataclasses.fields(cls)}
         missing = []
-        for f in dataclasses.fields(cls):
-            if f.name.startswith("_"):
-                continue
-            d = docs.get(f.name)
-            if d is None:
-                missing.append(f.name)
-                d = FieldDoc(f.name)
-            lines.append(
-                f"| `{f.name}` | {_cell(d.meaning)} | {_cell(d.range)} | {_default(module, cls, f)} | {_cell(d.metric)} |"
-            )
-        lines.append("")
+        for title, what, names in themes_of(cls):
+            if title:
+                lines += [f"### {title}", "", f"{what[:1].upper()}{what[1:]}.", ""]
+            lines += ["| key | meaning | allowed | default | source of the default | metric it moves |",
+                      "|---|---|---|---|---|---|"]
+            for name in names:
+                d = docs.get(name)
+                if d is None:
+                    missing.append(name)
+                    d = FieldDoc(name)
+                lines.append(f"| `{name}` | {_cell(d.meaning)} | {_cell(d.range)} | "
+                             f"{_default(module, cls, by_name[name])} | {_cell(d.source)} | {_cell(d.metric)} |")
+            lines.append("")
         if missing:
             lines += [f"Not documented on `{cls.__name__}` yet (no field docstring): "
                       + ", ".join(f"`{m}`" for m in missing) + ".", ""]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+# ------------------------------------------------------------------------------ conf/README.md
+CONF_DIR = ROOT / "conf"
+CONF_README = CONF_DIR / "README.md"
+RECIPE_CONFIG = ROOT / "recipe" / "gxpo" / "config" / "gxpo_trainer.yaml"
+OPTIONS_BEGIN = "<!-- options: generated by tools/gen_config_docs.py from conf/*/*.yaml; do not edit by hand -->"
+OPTIONS_END = "<!-- end of generated options -->"
+
+
+def group_defaults() -> dict[str, str | None]:
+    """Group -> its default option in the recipe config's ``defaults`` list (None: nothing selected)."""
+    import yaml
+
+    out: dict[str, str | None] = {}
+    for entry in yaml.safe_load(RECIPE_CONFIG.read_text())["defaults"]:
+        if isinstance(entry, dict):
+            out.update(entry)
+    return out
+
+
+def option_summary(path: Path) -> str:
+    """The first sentence of an option file's header comment (``# @package`` lines skipped)."""
+    words: list[str] = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        text = line.lstrip("#").strip()
+        if text.startswith("@package"):
+            continue
+        if not text:
+            if words:
+                break
+            continue
+        words.append(text)
+    para = " ".join(words)
+    end = re.search(r"\.\s(?=[A-Z])", para)  # a sentence ends before a capital ("Figs. 4-5" does not)
+    return para[: end.start() + 1] if end else para
+
+
+def render_options() -> str:
+    """The table of every option of every group under conf/, with the group's default."""
+    defaults = group_defaults()
+    lines = [OPTIONS_BEGIN, "", "| group | option | default | what it is (the file's first sentence) |", "|---|---|---|---|"]
+    for group_dir in sorted(d for d in CONF_DIR.iterdir() if d.is_dir() and not d.name.startswith("_")):
+        group = group_dir.name
+        default = defaults.get(group, "(not in the defaults list)")
+        for f in sorted(group_dir.glob("*.yaml")):
+            mark = "yes" if f.stem == default else ""
+            lines.append(f"| `{group}` | `{f.stem}` | {mark} | {_cell(option_summary(f))} |")
+    lines += ["", "Defaults: " + ", ".join(f"`{g}`: " + (f"`{o}`" if o else "none (`null`)")
+                                          for g, o in defaults.items() if (CONF_DIR / g).is_dir()) + ".", "", OPTIONS_END]
+    return "\n".join(lines)
+
+
+def render_conf_readme(current: str) -> str:
+    """``current`` with its generated options block replaced by :func:`render_options`."""
+    if OPTIONS_BEGIN not in current or OPTIONS_END not in current:
+        raise SystemExit(f"{CONF_README.relative_to(ROOT)} lacks the markers {OPTIONS_BEGIN!r} ... {OPTIONS_END!r}")
+    head, rest = current.split(OPTIONS_BEGIN, 1)
+    tail = rest.split(OPTIONS_END, 1)[1]
+    return head + render_options() + tail
+
+
+# ------------------------------------------------------------ the recipe config's variant alpha
+# Run names carry alpha, so the recipe config must hold a concrete alpha per variant (a Hydra
+# interpolation cannot call the dataclass). That map is written here from VARIANT_DEFAULTS, the one
+# place the fact is authored.
+VARIANT_ALPHA_LINE = re.compile(r"^(?P<indent>[ \t]*)_variant_alpha: .*$", re.M)
+
+
+def render_recipe_config(current: str) -> str:
+    """``current`` (the recipe config's text) with its ``_variant_alpha`` map written from
+    ``verl_ext.core.config.VARIANT_DEFAULTS["alpha"]``."""
+    from verl_ext.core.config import GXPO_VARIANTS, VARIANT_DEFAULTS
+
+    if not VARIANT_ALPHA_LINE.search(current):
+        raise SystemExit(f"{RECIPE_CONFIG.relative_to(ROOT)} has no '_variant_alpha:' line under actor.gxpo")
+    mapping = ", ".join(f"{v}: {_fmt(a)}" for v, a in zip(GXPO_VARIANTS, VARIANT_DEFAULTS["alpha"]))
+    return VARIANT_ALPHA_LINE.sub(lambda m: f"{m.group('indent')}_variant_alpha: {{{mapping}}}", current, count=1)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if docs/configuration.md is out of date")
     args = parser.parse_args(argv)
-    text = render()
+    conf_current = CONF_README.read_text()
+    outputs = {OUTPUT: render(), CONF_README: render_conf_readme(conf_current),
+               RECIPE_CONFIG: render_recipe_config(RECIPE_CONFIG.read_text())}
     if args.check:
-        current = OUTPUT.read_text() if OUTPUT.exists() else ""
-        if current != text:
-            print(f"{OUTPUT.relative_to(ROOT)} is out of date: run python tools/gen_config_docs.py", file=sys.stderr)
-            return 1
-        return 0
-    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
-    OUTPUT.write_text(text)
-    print(f"wrote {OUTPUT.relative_to(ROOT)}")
+        stale = [p for p, text in outputs.items() if (p.read_text() if p.exists() else "") != text]
+        for p in stale:
+            print(f"{p.relative_to(ROOT)} is out of date: run python tools/gen_config_docs.py", file=sys.stderr)
+        return 1 if stale else 0
+    for p, text in outputs.items():
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+        print(f"wrote {p.relative_to(ROOT)}")
     return 0
 
 

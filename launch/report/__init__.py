@@ -30,7 +30,7 @@ Run metadata (model, method = update rule, K, alpha, seed), first source that ha
 the saved config (Hydra ``.hydra/config.yaml`` in the run dir or under ``hydra/*/``, wandb's run
 config, ``config.yaml``/``config.json``), Hydra's ``.hydra/hydra.yaml`` group choices
 (``base_model=``, ``method=gxpo_k5``) and ``.hydra/overrides.yaml``, the launcher's ``launch-*.json``,
-and last the run name (``launch.runmeta.meta_from_name``). Unset K/alpha take the spec defaults
+and last the run name (``launch.runmeta.meta_from_name``). Unset K/alpha take the defaults of docs/algorithm.md
 (GXPO K=5, alpha=1.0; SFPO K=3, alpha=0.8). The configured total steps come from the config's
 ``trainer.total_training_steps`` (or ``total_steps`` in ``meta.json``).
 

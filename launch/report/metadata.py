@@ -237,7 +237,7 @@ def _make_run(name: str, kind: str, files, rows, side: list[tuple[str, dict]]) -
                 break
         else:
             if key in meta:
-                origins[key] = "spec default"
+                origins[key] = "default (docs/algorithm.md)"
     if meta.get("total_steps") is not None:
         meta["total_steps"] = int(meta["total_steps"])
         origins["total_steps"] = next(o for o, m in ordered if m.get("total_steps") is not None)

@@ -15,7 +15,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-STEP_KEYS = ("step", "_step", "training/global_step")
+from recipe.gxpo import run_layout
+
+STEP_KEYS = run_layout.STEP_KEYS
 
 
 def _numeric(value: Any) -> float | None:
@@ -48,31 +50,12 @@ def _row(step: Any, metrics: Mapping[str, Any]) -> dict[str, float] | None:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, float]]:
-    """Rows ``{"__step": s, metric: value}`` of a verl file-logger / simple / wandb-history JSONL."""
-    rows = []
-    bad = 0
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                bad += 1  # e.g. the last line of a killed run
-                continue
-            if not isinstance(obj, dict):
-                continue
-            if isinstance(obj.get("data"), dict) and "step" in obj:  # verl FileLogger
-                row = _row(obj["step"], obj["data"])
-            else:
-                step = next((obj[k] for k in STEP_KEYS if k in obj), None)
-                row = _row(step, obj)
-            if row is not None:
-                rows.append(row)
+    """Rows ``{"__step": s, metric: value}`` of a verl file-logger / simple / wandb-history JSONL
+    (lines decoded by :func:`recipe.gxpo.run_layout.read_metrics_file`, the project's one reader)."""
+    records, bad = run_layout.read_metrics_file(str(path))
     if bad:
-        warnings.warn(f"{path}: skipped {bad} malformed line(s)")
-    return rows
+        warnings.warn(f"{path}: skipped {bad} malformed line(s)")  # e.g. the last line of a killed run
+    return [row for row in (_row(step, data) for step, data in records) if row is not None]
 
 
 def looks_like_metrics(rows: Sequence[Mapping[str, float]]) -> bool:
@@ -217,8 +200,8 @@ def discover(paths: Sequence[str | os.PathLike]) -> list[Source]:
                 continue
             dirnames[:] = sorted(x for x in dirnames if x not in _SKIP_DIRS)
             jsonls = sorted(f for f in filenames if f.endswith(".jsonl"))
-            segments = [f for f in jsonls if f.startswith("metrics")]
-            others = [f for f in jsonls if not f.startswith("metrics")]
+            segments = [f for f in jsonls if run_layout.is_metrics_file(f)]
+            others = [f for f in jsonls if not run_layout.is_metrics_file(f)]
             if segments:
                 single = not others
                 sources.append(Source("file", [d / f for f in segments], d.name,

@@ -112,6 +112,14 @@ def _hydra_choice(group: str) -> str | None:
 def validate_gxpo_config(config: DictConfig):
     """Driver-side checks, before any Ray worker starts: ours, then verl's own ``validate_config``.
     Raises ``ConfigError`` (a ``ValueError``) naming the key, the value and what is allowed."""
+    actor_cfg = validate_update_rule(config)
+    validate_verl_config(config)
+    return actor_cfg
+
+
+def validate_verl_config(config: DictConfig) -> None:
+    """verl's own ``validate_config`` (the entry point runs it after :func:`validate_update_rule` and
+    after building the embedded assets)."""
     import verl_ext.plugins  # noqa: F401  (platform plugin, so verl's device checks see this machine)
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
@@ -119,11 +127,9 @@ def validate_gxpo_config(config: DictConfig):
 
     from verl_ext.workers.config import gxpo_entry
 
-    actor_cfg = validate_update_rule(config)
     auto_set_device(config)
     with gxpo_entry():  # the GXPO actor config refuses non-GRPO rules outside this entry point
         validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
-    return actor_cfg
 
 
 # ------------------------------------------------------------------------------------ worker env
@@ -299,7 +305,7 @@ def run_gxpo(config: DictConfig) -> None:
         for path in prepare_embedded_assets(config):
             print(f"[gxpo] built embedded asset: {path}")
         check_data_files(config)
-        validate_gxpo_config(config)
+        validate_verl_config(config)
         metrics_path = prepare_outputs(config)
         _export_plugins(config)
         _fit_ray_init(config)

@@ -65,6 +65,81 @@ def lock_file(run_dir: str) -> str:
     return os.path.join(run_dir, LOCK_FILE)
 
 
+# ------------------------------------------------------------------------------- reading metrics
+# The one reader of a run's metrics: recipe.gxpo.summary, recipe.gxpo.compare and launch.report
+# (sources.py) all read through these functions. A run directory may hold several metrics files
+# (one per launch, whatever their suffix after "metrics"); they are segments of one run, read in
+# name order (the stamp), a later segment winning on a repeated step (a resumed run re-logs steps).
+METRICS_PREFIX = "metrics"
+METRICS_SUFFIX = ".jsonl"
+# the keys a simple JSONL line may carry its step under (verl's file logger uses "step" + "data")
+STEP_KEYS = ("step", "_step", "training/global_step")
+
+
+def is_metrics_file(name: str) -> bool:
+    """Is ``name`` (a file name) one of a run directory's metrics segments?"""
+    return name.startswith(METRICS_PREFIX) and name.endswith(METRICS_SUFFIX)
+
+
+def metrics_files(run_dir: str) -> list[str]:
+    """The metrics segments of ``run_dir``, oldest first (name order: the stamp)."""
+    try:
+        names = os.listdir(run_dir)
+    except OSError:
+        return []
+    return [os.path.join(run_dir, n) for n in sorted(names) if is_metrics_file(n)
+            and os.path.isfile(os.path.join(run_dir, n))]
+
+
+def metrics_record(obj) -> tuple[object, dict] | None:
+    """``(step, metrics)`` of one decoded line: verl's file logger (``{"step": s, "data": {...}}``) or
+    a simple line (``{"step"|"_step"|"training/global_step": s, metric: value, ...}``); None when the
+    line is not a dict or has no step. ``step`` is returned as logged (the caller converts it)."""
+    if not isinstance(obj, dict):
+        return None
+    if isinstance(obj.get("data"), dict) and "step" in obj:
+        data = obj["data"]
+        step = obj["step"] if obj["step"] is not None else data.get("training/global_step")
+        return (step, data) if step is not None else None
+    step = next((obj[k] for k in STEP_KEYS if k in obj), None)
+    return (step, obj) if step is not None else None
+
+
+def read_metrics_file(path: str) -> tuple[list[tuple[object, dict]], int]:
+    """``([(step, metrics), ...], number of lines that were not JSON)`` of one JSONL file; a torn last
+    line of a killed run is such a line."""
+    records, bad = [], 0
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                bad += 1
+                continue
+            rec = metrics_record(obj)
+            if rec is not None:
+                records.append(rec)
+    return records, bad
+
+
+def read_metrics(path: str) -> dict[int, dict]:
+    """step -> every metric logged at that step, from one metrics file or from all the metrics
+    segments of a run directory (later segments win on a repeated key of a step); steps ascending."""
+    files = metrics_files(path) if os.path.isdir(path) else ([path] if os.path.isfile(path) else [])
+    steps: dict[int, dict] = {}
+    for f in files:
+        for step, data in read_metrics_file(f)[0]:
+            try:
+                s = int(step)
+            except (TypeError, ValueError):
+                continue
+            steps.setdefault(s, {}).update(data)
+    return dict(sorted(steps.items()))
+
+
 # ------------------------------------------------------------------------------------------- naming
 # Hydra groups of conf/ whose option name is a run-name token as is.
 NAME_GROUPS = ("base_model", "method", "experiment", "model")

@@ -3,33 +3,16 @@
 from __future__ import annotations
 
 import glob
-import json
 import math
 import os
 
+from recipe.gxpo import run_layout
+
 
 def read_metrics(path: str) -> list[dict]:
-    """Rows of one metrics file, or of every ``metrics*.jsonl`` in a folder (one per launch; a resumed
-    run's later files win on repeated steps)."""
-    if os.path.isdir(path):
-        by_step: dict = {}
-        for f in sorted(glob.glob(os.path.join(path, "metrics*.jsonl"))):
-            for row in read_metrics(f):
-                by_step[row["_step"]] = row
-        return [by_step[k] for k in sorted(by_step, key=lambda s: (s is None, s))]
-    rows = []
-    if not os.path.exists(path):
-        return rows
-    with open(path) as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            data = rec.get("data", rec)
-            data["_step"] = rec.get("step", data.get("training/global_step"))
-            rows.append(data)
-    return rows
+    """Rows of one metrics file, or of every metrics segment of a run directory
+    (:func:`recipe.gxpo.run_layout.read_metrics`), each with its step under ``_step``."""
+    return [dict(data, _step=step) for step, data in run_layout.read_metrics(path).items()]
 
 
 def _val_keys(rows: list[dict]) -> list[str]:

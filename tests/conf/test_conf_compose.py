@@ -13,6 +13,7 @@ Groups (selected without "+", all default to nothing):
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 import io
 import itertools
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig, OmegaConf, open_dict
 from helpers.paths import REPO_ROOT
+from verl_ext.core.config import GXPOConfig, SFPOConfig
 
 REPO = REPO_ROOT
 CONFIG_DIR = REPO / "recipe" / "gxpo" / "config"
@@ -34,13 +36,14 @@ pytestmark = pytest.mark.filterwarnings("ignore:Disabled critic:UserWarning")
 if importlib.util.find_spec("conf") is None:  # `pkg://conf` needs the package importable
     sys.path.insert(0, str(REPO))
 
-# What the paper's method rows mean (update_rule, K, alpha); alpha values are the spec defaults
+# What the paper's method rows mean (update_rule, K, alpha); alpha values are the dataclass defaults (docs/algorithm.md#variants)
 # (the paper's were lost in extraction).
+_SFPO_ALPHA = SFPOConfig().alpha
 PAPER_METHODS = {
     "grpo": ("grpo", None, None),
-    "sfpo_k3": ("sfpo", 3, 0.8),
-    "sfpo_k5": ("sfpo", 5, 0.8),
-    "sfpo_k10": ("sfpo", 10, 0.8),
+    "sfpo_k3": ("sfpo", 3, _SFPO_ALPHA),
+    "sfpo_k5": ("sfpo", 5, _SFPO_ALPHA),
+    "sfpo_k10": ("sfpo", 10, _SFPO_ALPHA),
     "gxpo_k3": ("gxpo", 3, 1.0),
     "gxpo_k5": ("gxpo", 5, 1.0),
     "gxpo_k10": ("gxpo", 10, 1.0),
@@ -134,13 +137,18 @@ def test_main_config_without_groups_keeps_its_own_values(compose):
     assert actor.strategy == "fsdp2"
     assert actor.update_rule == "gxpo"
     assert (actor.gxpo.K, actor.gxpo.alpha, actor.gxpo.shutoff) == (5, 1.0, "adaptive")
-    # the section-10 knobs are null in the YAML (= the variant's default); resolved they are the spec's
+    # the variant knobs are null in the YAML (= the variant's default); resolved they are the variant table's
     from verl_ext.core.config import GXPOConfig, build_config
 
     gx = build_config(GXPOConfig, OmegaConf.to_container(actor.gxpo, resolve=True), "gxpo.")
     assert (gx.variant, gx.window, gx.warmup, gx.z_threshold) == ("paper_text", 20, 10, 3.0)
     assert (gx.ratio_min, gx.ratio_max) == (0.0, 1.0)
-    assert (actor.sfpo.K, actor.sfpo.alpha, actor.sfpo.window, actor.sfpo.z_threshold) == (3, 0.8, 30, 1.0)
+    # SFPO's defaults are the dataclass's; the YAML carries only alpha (run names), equal to it
+    from verl_ext.core.config import SFPOConfig
+
+    sf = build_config(SFPOConfig, OmegaConf.to_container(actor.sfpo, resolve=True), "sfpo.")
+    assert sf == SFPOConfig() and actor.sfpo.alpha == SFPOConfig().alpha
+    assert set(actor.sfpo) == {"alpha"}
     # nothing from conf/ leaked in: verl's own defaults stand
     assert "gxpo_run" not in cfg
     assert cfg.trainer.total_training_steps is None
@@ -269,6 +277,12 @@ def test_group_files_only_set_keys_verl_knows(compose):
         for key, _ in _leaves(data):
             if any(key[: len(p)] == p for p in own_prefixes + free_form):
                 continue
+            if key[:3] in (("actor_rollout_ref", "actor", "sfpo"), ("actor_rollout_ref", "actor", "gxpo")):
+                # the rule sections hold only what the YAML needs; their keys are the dataclasses' fields
+                cls = SFPOConfig if key[2] == "sfpo" else GXPOConfig
+                assert len(key) == 4 and key[3] in {f.name for f in dataclasses.fields(cls)}, (
+                    f"{path.name}: unknown key {'.'.join(key)}")
+                continue
             node = base
             for part in key:
                 assert isinstance(node, dict) and part in node, f"{path.name}: unknown key {'.'.join(key)}"
@@ -310,7 +324,13 @@ def _validate_with_verl(cfg: DictConfig, monkeypatch) -> None:
 
 @pytest.mark.parametrize("base_model", BASE_MODELS)
 def test_verl_validate_config_accepts_paper_math(compose, base_model, monkeypatch):
-    _validate_with_verl(_paper(compose, base_model, "gxpo_k5"), monkeypatch)
+    cfg = _paper(compose, base_model, "gxpo_k5")
+    _validate_with_verl(copy.deepcopy(cfg), monkeypatch)  # raises on a value verl refuses
+    # ... and the check is live on this config: a batch verl cannot split over the GPUs is refused
+    cfg.actor_rollout_ref.actor.use_dynamic_bsz = False
+    cfg.data.train_batch_size, cfg.actor_rollout_ref.rollout.n = 3, 1
+    with pytest.raises(AssertionError, match="real_train_batch_size"):
+        _validate_with_verl(cfg, monkeypatch)
 
 
 def test_verl_dataclasses_accept_rollout_algorithm_reward(compose):
@@ -333,17 +353,21 @@ def test_lora_keys_are_verl_hf_model_fields():
     assert {"lora_rank", "lora_alpha", "target_modules", "enable_gradient_checkpointing"} <= fields
 
 
-def test_actor_config_with_gxpo_dataclass_if_available(compose):
-    """Optional: the lead's GXPOActorConfig accepts every method preset (skipped until it exists)."""
-    try:
-        from verl_ext.workers.config import GXPOActorConfig  # noqa: F401
-    except Exception as exc:  # pragma: no cover - depends on work in progress
-        pytest.skip(f"verl_ext.workers.config.GXPOActorConfig not importable yet: {exc}")
+def test_actor_config_dataclass_builds_every_method_preset(compose):
+    """verl builds the actor config named by ``_target_`` (GXPOActorConfig) from every method preset,
+    with the preset's rule, K and alpha."""
     from verl.utils.config import omega_conf_to_dataclass
+
+    from verl_ext.workers.config import GXPOActorConfig
 
     for method in METHODS:
         actor = omega_conf_to_dataclass(_paper(compose, "qwen2.5-1.5b", method).actor_rollout_ref.actor)
-        assert actor.update_rule == PAPER_METHODS[method][0]
+        assert isinstance(actor, GXPOActorConfig)
+        rule, k, alpha = PAPER_METHODS[method]
+        assert actor.update_rule == rule
+        if rule != "grpo":
+            section = getattr(actor, rule)
+            assert (section.K, section.alpha) == (k, alpha), method
 
 
 # --------------------------------------------------------------------------------------------------
@@ -455,12 +479,16 @@ def test_reward_path_form_matches_verl_loader():
         load_extern_object("pkg://verl/utils/reward_score/gsm8k.py", "compute_score")
 
 
-def test_project_reward_function_loads_if_present():
-    if importlib.util.find_spec("verl_ext.rewards.math_reward") is None:
-        pytest.skip("verl_ext/rewards/math_reward.py not written yet")
+def test_project_reward_function_loads_the_way_verl_loads_it(compose):
+    """paper_math's reward function, loaded from its configured path as verl loads it, scores."""
     from verl.utils.import_utils import load_extern_object
 
-    assert callable(load_extern_object("pkg://verl_ext.rewards.math_reward", "compute_score"))
+    reward = _paper(compose, "qwen2.5-1.5b", "grpo").reward.custom_reward_function
+    fn = load_extern_object(reward.path, reward.name)
+    right = fn("math_dapo", "so the answer is \\boxed{42}", "42")
+    wrong = fn("math_dapo", "so the answer is \\boxed{41}", "42")
+    score = lambda r: r["score"] if isinstance(r, dict) else r  # noqa: E731
+    assert score(right) > score(wrong)
 
 
 # --------------------------------------------------------------------------------------------------

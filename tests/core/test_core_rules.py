@@ -1,4 +1,4 @@
-"""The update rules against their mathematical definition (GXPO_SPEC.md sections 3, 5, 7, 9)."""
+"""The update rules against their mathematical definition (docs/algorithm.md#active-update, #sfpo, #faults, #budget)."""
 
 import math
 
@@ -95,7 +95,7 @@ def test_grpo_is_exactly_one_plain_step():
 
 
 def _manual_gxpo_adamw(model, loss_fn, opt, K, alpha, clip):
-    """GXPO written out directly from the spec with full copies (reference for the in-place version)."""
+    """GXPO written out directly from docs/algorithm.md#active-update with full copies (reference for the in-place version)."""
     params = list(model.parameters())
     theta0 = [p.detach().clone() for p in params]
     opt.zero_grad()

@@ -1,4 +1,4 @@
-"""Section-10 axes of GXPO, one piece at a time, and the two variants end to end (GXPO_SPEC.md section 10)."""
+"""The variant knobs of GXPO, one piece at a time, and the two variants end to end (docs/algorithm.md#variants)."""
 
 import copy
 import math

@@ -149,7 +149,7 @@ def test_runs_and_metadata(rep):
     assert (g.meta["K"], g.meta["alpha"], g.meta["seed"]) == (5, 1.0, 7)
     assert "config.yaml" in g.meta_sources["method"]
     assert g.hist.index.max() == STEPS and len(g.paths) == 2  # both segments, merged
-    assert runs["sfpo"].meta["K"] == 3 and runs["sfpo"].meta["alpha"] == 0.8  # spec default alpha
+    assert runs["sfpo"].meta["K"] == 3 and runs["sfpo"].meta["alpha"] == 0.8  # the default alpha (docs/algorithm.md#sfpo)
     assert runs["grpo"].meta_sources["method"] == "run name"
     inv = pd.read_csv(out / "runs.csv")
     assert len(inv) == 3 and set(inv["bp_source"]) == {"logged"}

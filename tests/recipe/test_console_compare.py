@@ -8,7 +8,9 @@ import math
 import pytest
 from omegaconf import OmegaConf
 
-from recipe.gxpo import compare
+from launch import compare as launch_compare
+from launch.report import paired
+from recipe.gxpo import compare, run_layout
 from verl_ext.tracking.console import ConciseConsole, format_step, install_console
 
 
@@ -79,13 +81,13 @@ def test_reader_curve_and_statistics(tmp_path):
     _write_run(tmp_path / "grpo" / "seed2", "grpo", [0.3, 0.35, 0.4, 0.42], 2)
     _write_run(tmp_path / "gxpo" / "seed1", "gxpo", [0.3, 0.5, 0.55, 0.5], 6, shutoff=3)
     _write_run(tmp_path / "gxpo" / "seed2", "gxpo", [0.3, 0.36, 0.38, 0.41], 6, shutoff=-1)
-    c = compare.run_curve(compare.read_run(str(tmp_path / "gxpo" / "seed1")), "gxpo")
+    c = paired.run_curve(run_layout.read_metrics(str(tmp_path / "gxpo" / "seed1")), "gxpo")
     assert c["step"] == [0, 2, 4, 6] and c["acc"] == [0.3, 0.5, 0.55, 0.5]
     assert c["bp"] == [0.0, 12.0, 24.0, 36.0] and c["seconds"] == [0.0, 4.0, 8.0, 12.0] and c["shutoff"] == 3
 
-    curves = {row: {s: compare.run_curve(compare.read_run(str(tmp_path / row / f"seed{s}")), row) for s in (1, 2)}
+    curves = {row: {s: paired.run_curve(run_layout.read_metrics(str(tmp_path / row / f"seed{s}")), row) for s in (1, 2)}
               for row in ("grpo", "gxpo")}
-    st = compare.summarize(curves)
+    st = paired.summarize(curves)
     g, x = st["grpo"], st["gxpo"]
     assert g["reach"][1] == {"step": 4, "bp": 8.0, "seconds": 8.0}  # GRPO reaches its own peak at its argmax
     assert x["reach"][1] == {"step": 2, "bp": 12.0, "seconds": 4.0}  # 0.5 >= GRPO's 0.5 at step 2
@@ -96,7 +98,7 @@ def test_reader_curve_and_statistics(tmp_path):
     assert m == pytest.approx(0.455) and h == pytest.approx(12.706 * math.sqrt(((0.5 - 0.455) ** 2 + (0.41 - 0.455) ** 2)) / math.sqrt(2))
     assert x["paired_final_diff"][0] == pytest.approx(((0.5 - 0.45) + (0.41 - 0.42)) / 2)
     assert x["wins_final"] == "1/2"
-    md = compare.markdown(st, "val-core/arithmetic/acc/mean@4", 6, {})
+    md = paired.markdown(st, "val-core/arithmetic/acc/mean@4", 6, {})
     assert "not reached" in md and "| gxpo | grpo | 0.300 |" in md
 
 
@@ -112,7 +114,7 @@ def test_lora_rows_are_measured_against_lora_grpo_and_show_the_predictor_cost(tm
     with open(tmp_path / "capo" / "seed1" / "metrics-1.jsonl", "a") as f:  # CAPO's mask: 10% then 30% of tokens
         for step, frac in ((1, 0.1), (2, 0.3)):
             f.write(json.dumps({"step": step, "data": {"capo/masked_frac": frac}}) + "\n")
-    md = compare.report(tmp_path, ["grpo", "grpo_lora", "next", "capo"], [1], 4)
+    md = paired.report(tmp_path, ["grpo", "grpo_lora", "next", "capo"], [1], 4)
     st = json.loads((tmp_path / "summary.json").read_text())["stats"]
     assert st["next"]["reference"] == "grpo_lora" and st["next"]["reached"] == "1/1"  # 0.4 >= LoRA GRPO's 0.4
     assert st["capo"]["reference"] == "grpo" and st["capo"]["reached"] == "0/1"  # 0.6 < GRPO's 0.7
@@ -124,10 +126,10 @@ def test_lora_rows_are_measured_against_lora_grpo_and_show_the_predictor_cost(tm
 
 def test_rows_are_validated_before_anything_runs(capsys):
     with pytest.raises(SystemExit):
-        compare.main(["--rows", "grpo,next", "--report-only"])
+        launch_compare.main(["--rows", "grpo,next", "--report-only"])
     assert "add grpo_lora" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        compare.main(["--rows", "grpo,gxpo_fast", "--report-only"])
+        launch_compare.main(["--rows", "grpo,gxpo_fast", "--report-only"])
     assert "gxpo_fast" in capsys.readouterr().err
 
 
@@ -135,15 +137,15 @@ def test_report_writes_summary_and_plot(tmp_path):
     for s in (1, 2, 3):
         _write_run(tmp_path / "grpo" / f"seed{s}", "grpo", [0.3, 0.4, 0.5], 2)
         _write_run(tmp_path / "sfpo" / f"seed{s}", "sfpo", [0.3, 0.45, 0.48], 4, shutoff=-1)
-    md = compare.report(tmp_path, ["grpo", "sfpo"], [1, 2, 3], 4)
+    md = paired.report(tmp_path, ["grpo", "sfpo"], [1, 2, 3], 4)
     assert (tmp_path / "summary.md").read_text() == md
     assert (tmp_path / "compare.png").stat().st_size > 1000
     assert json.loads((tmp_path / "summary.json").read_text())["stats"]["sfpo"]["reached"] == "0/3"
 
 
 def test_t_quantiles():
-    assert compare.t975(2) == pytest.approx(4.303) and compare.t975(100) == pytest.approx(1.96)
-    assert compare.mean_ci([0.5])[1] != compare.mean_ci([0.5])[1]  # nan for one seed
+    assert paired.t975(2) == pytest.approx(4.303) and paired.t975(100) == pytest.approx(1.96)
+    assert paired.mean_ci([0.5])[1] != paired.mean_ci([0.5])[1]  # nan for one seed
 
 
 def test_resume_keeps_finished_runs_with_the_same_overrides_only(tmp_path):

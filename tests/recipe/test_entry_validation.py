@@ -139,3 +139,27 @@ def test_cli_refuses_a_model_preset_on_the_embedded_task_before_building_anythin
     assert proc.returncode != 0 and "add experiment=paper_math" in out and "experiment=cpu_arithmetic" in out
     assert not assets.exists()  # no tiny model, no data built
     assert "ray init kwargs" not in out
+
+
+def test_launch_validates_the_projects_keys_once(monkeypatch):
+    """run_gxpo checks the project's keys once (before building anything), then verl's own config."""
+    import recipe.gxpo.embedded as embedded
+    import recipe.gxpo.main_gxpo as main_gxpo
+    import verl_ext.workers.config as worker_config
+
+    calls = []
+    real = worker_config.validate_actor_config
+    monkeypatch.setattr(worker_config, "validate_actor_config", lambda c: calls.append("ours") or real(c))
+    monkeypatch.setattr(embedded, "prepare_embedded_assets", lambda c: calls.append("assets") or [])
+    monkeypatch.setattr(main_gxpo, "validate_verl_config", lambda c: calls.append("verl"))
+
+    class Stop(Exception):
+        pass
+
+    def stop(config):
+        raise Stop
+
+    monkeypatch.setattr(main_gxpo, "prepare_outputs", stop)
+    with pytest.raises(Stop):
+        main_gxpo.run_gxpo(_compose())
+    assert calls == ["ours", "assets", "verl"]

@@ -211,7 +211,7 @@ def test_resume_with_another_rule_keeps_the_budget_counters(model_path, tmp_path
 
 
 # ---------------------------------------------------------------------------------------------
-# worker-level knobs (spec section 10)
+# worker-level knobs (docs/algorithm.md#variants)
 # ---------------------------------------------------------------------------------------------
 
 

@@ -1,6 +1,6 @@
-"""Configuration of the update rules (GXPO_SPEC.md sections 6 and 10), framework-free.
+"""Configuration of the update rules (docs/algorithm.md#configuration, #variants), framework-free.
 
-These dataclasses carry every knob of the spec with its default. They validate themselves on
+These dataclasses carry every knob of docs/algorithm.md with its default. They validate themselves on
 construction and raise :class:`ConfigError`, whose message names the key, the bad value and what is
 allowed. The verl adapter (``verl_ext.workers.config``) embeds them under
 ``actor_rollout_ref.actor.gxpo`` / ``.sfpo`` and passes that prefix so errors name the full key.
@@ -58,7 +58,7 @@ def _check_shutoff_at(prefix: str, shutoff: str, shutoff_at: Any) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# GXPO variants (spec section 10): a variant names the defaults of every knob left unset (None).
+# GXPO variants (docs/algorithm.md#variants): a variant names the defaults of every knob left unset (None).
 # --------------------------------------------------------------------------------------------------
 
 GXPO_VARIANTS = ("paper_text", "authors")
@@ -73,8 +73,8 @@ GATE_SIGNALS = ("corrective_norm", "corrective_norm_clipped", "probe_norm", "ent
 GATE_STATS = ("window", "ema")
 GATE_GRANULARITIES = ("update", "step")
 
-# knob -> (paper_text, authors). paper_text is exactly the behaviour of spec sections 3-4; authors is
-# the last column of the section-10 table. Two knobs are not named in the table but make one of its
+# knob -> (paper_text, authors). paper_text is exactly the behaviour of docs/algorithm.md#active-update and
+# #shutoff-gate; authors is the last column of the table in docs/algorithm.md#variants. Two knobs are not named in the table but make one of its
 # rows precise: ``scale_guard`` (the scale_eps row: S_2 floored at scale_eps = "guard", or s = 1
 # where |S_2| <= scale_eps) and ``trip_inclusive`` (paper text: trip on z > tau; authors: z >= tau).
 # ``ratio_denominator`` is the table's "ratio denominator" row.
@@ -123,9 +123,9 @@ def _check_real_in(prefix: str, name: str, v: Any, lo: float, hi: float, what: s
 
 @dataclass
 class GXPOConfig:
-    """Knobs of the GXPO rule (spec sections 3, 4, 6, 8 and 10).
+    """Knobs of the GXPO rule (docs/algorithm.md#active-update, #shutoff-gate, #variants).
 
-    Every section-10 knob defaults to ``None`` = "the value of ``variant``" (table
+    Every variant knob defaults to ``None`` = "the value of ``variant``" (table
     :data:`VARIANT_DEFAULTS`); a knob set explicitly wins. Resolution runs on construction and on
     every :meth:`validate`, so afterwards every field holds its final value; :meth:`resolved` is the
     dict of them (printed at rule build, saved in the rule state) and :attr:`explicit` the knobs the
@@ -138,19 +138,22 @@ class GXPOConfig:
     """Virtual lookahead depth: the number of optimizer steps the extrapolation predicts from the two probes.
 
     range: integer >= 2
+    source: chosen here: the middle of the paper's K = 3, 5, 10 (Table 1)
     metric: gxpo/scale_mean
     """
     variant: str = "paper_text"
-    """Names the defaults of every section-10 knob left unset (null): paper_text = the update as the
+    """Names the defaults of every variant knob left unset (null): paper_text = the update as the
     paper's text describes it; authors = the authors' public code. A knob set explicitly wins.
 
     range: paper_text, authors
+    source: chosen here: the paper's text is the default
     metric: all gxpo/*
     """
     alpha: Optional[float] = None
     """Reposition strength: θ̃ = θ0 + alpha·s⊙(θ2 − θ0); 1 adopts the K-step prediction fully.
 
     range: finite > 0
+    source: paper_text: the best α of the paper's K × α ablation (Table 5); authors: authors' code
     metric: gxpo/reposition_norm
     """
     ratio_source: Optional[str] = None
@@ -159,6 +162,7 @@ class GXPOConfig:
     d1/d0, the AdamW step directions recovered from the parameters.
 
     range: raw, clipped, adam_direction
+    source: paper_text: paper text; authors: their later clipped-gradient ratio
     metric: gxpo/retention_ratio_mean
     """
     active_mode: Optional[str] = None
@@ -166,66 +170,77 @@ class GXPOConfig:
     active_rel · RMS of the parameter tensor (over the whole tensor, across shards).
 
     range: absolute, relative_rms
+    source: paper_text: paper text; authors: authors' code
     metric: gxpo/inactive_frac
     """
     active_eps: Optional[float] = None
     """Threshold of the absolute active test (and the floor of the floored ratio denominator).
 
     range: >= 0
+    source: paper_text: chosen here (the paper gives no value); authors: authors' code
     metric: gxpo/inactive_frac
     """
     active_rel: Optional[float] = None
     """Threshold of the relative_rms active test, as a fraction of the tensor's RMS.
 
     range: > 0
+    source: chosen here (both variants)
     metric: gxpo/inactive_frac
     """
     ratio_denominator: Optional[str] = None
     """plain divides by x0; floored divides by sign(x0)·max(|x0|, active_eps) with sign(0) = +.
 
     range: plain, floored
+    source: paper_text: paper text; authors: authors' code
     metric: gxpo/retention_ratio_mean
     """
     ratio_min: Optional[float] = None
     """Lower clamp of the retention ratio r.
 
     range: [-4, 4], <= ratio_max
+    source: paper_text: chosen here (keeps s within [1, K/2]); authors: authors' code
     metric: gxpo/retention_ratio_mean, gxpo/scale_mean
     """
     ratio_max: Optional[float] = None
     """Upper clamp of the retention ratio r (r = 1 gives the largest scale, K/2).
 
     range: [-4, 4], >= ratio_min
+    source: paper_text: chosen here (keeps s within [1, K/2]); authors: authors' code
     metric: gxpo/retention_ratio_mean, gxpo/scale_mean
     """
     ratio_nonfinite: Optional[str] = None
     """Value of r where the quotient is NaN, before clamping (±inf clamps to the bounds).
 
     range: zero, one
+    source: paper_text: chosen here; authors: authors' code
     metric: gxpo/retention_ratio_mean
     """
     scale_eps: Optional[float] = None
     """Guard of S_2(r) = 1 + r near r = −1 (how it guards: scale_guard).
 
     range: > 0
+    source: paper_text: chosen here; authors: authors' code
     metric: gxpo/scale_mean
     """
     scale_guard: Optional[str] = None
     """floor: |S_2| floored at scale_eps, keeping its sign; one: s = 1 where |S_2| <= scale_eps.
 
     range: floor, one
+    source: paper_text: chosen here; authors: authors' code
     metric: gxpo/scale_mean
     """
     scale_min: Optional[float] = None
     """Lower clamp of the scale s (null: none); a non-finite s becomes 1 when either clamp is set.
 
     range: null or finite, <= K/2 + scale_headroom
+    source: paper_text: paper text (no clamp); authors: authors' code
     metric: gxpo/scale_mean
     """
     scale_headroom: Optional[float] = None
     """Upper clamp of s at K/2 + scale_headroom (null: none); a non-finite s becomes 1 when either clamp is set.
 
     range: null or finite > −K/2
+    source: paper_text: paper text (no clamp); authors: authors' code
     metric: gxpo/scale_mean
     """
     optimizer_state: Optional[str] = None
@@ -233,6 +248,7 @@ class GXPOConfig:
     state is snapshotted before probe 1 and restored before the corrective step.
 
     range: carry, transactional
+    source: paper_text: paper text; authors: authors' code
     metric: gxpo/corrective_grad_norm
     """
     on_failure: Optional[str] = None
@@ -240,12 +256,14 @@ class GXPOConfig:
     and takes one plain step on the same mini-batch (also when ‖g0‖ <= min_probe_norm).
 
     range: skip, standard_step
+    source: paper_text: chosen here (docs/algorithm.md#faults); authors: authors' code
     metric: gxpo/skipped_updates, gxpo/fallback_steps
     """
     min_probe_norm: Optional[float] = None
     """With on_failure=standard_step, a probe-1 norm at or below this counts as a failed probe.
 
     range: >= 0
+    source: paper_text: chosen here; authors: authors' code
     metric: gxpo/fallback_steps
     """
     recompute_old_log_probs: Optional[bool] = None
@@ -253,6 +271,7 @@ class GXPOConfig:
     corrective pass (one extra forward pass each), so each pass starts at PPO ratio 1.
 
     range: true, false
+    source: chosen here, and the authors' final-run scripts (their paper-protocol script sets true: experiment=paper_protocol)
     metric: actor/ppo_kl, actor/pg_clipfrac
     """
     degenerate_skip_frac: Optional[float] = None
@@ -260,18 +279,21 @@ class GXPOConfig:
     plain single pass (null: never).
 
     range: null or (0, 1]
+    source: chosen here: off (an option of the authors' code)
     metric: gxpo/degenerate_skips
     """
     shutoff: str = "adaptive"
     """adaptive: the z-score gate on gate_signal; never: always active; fixed: inactive from update shutoff_at on.
 
     range: adaptive, never, fixed
+    source: paper text: the trajectory-aware shutoff (docs/algorithm.md#shutoff-gate)
     metric: gxpo/active, gxpo/shutoff_update
     """
     shutoff_at: Optional[int] = None
     """Update index at which shutoff=fixed switches GXPO off.
 
     range: integer >= 0 (required with fixed), else null
+    source: chosen here (only read with shutoff=fixed)
     metric: gxpo/shutoff_update
     """
     gate_signal: Optional[str] = None
@@ -279,6 +301,7 @@ class GXPOConfig:
     probe_norm (pre-clip ‖g0‖), entropy (policy entropy of the corrective pass), cosine (1 − |cos(g0, g̃)|).
 
     range: corrective_norm, corrective_norm_clipped, probe_norm, entropy, cosine
+    source: paper_text: paper text; authors: authors' code
     metric: gxpo/z_score
     """
     gate_stat: Optional[str] = None
@@ -286,54 +309,63 @@ class GXPOConfig:
     exponential moving averages with weight ema_omega (μ = σ = 1 at start, σ floored at 0.01).
 
     range: window, ema
+    source: paper_text: paper text; authors: authors' code
     metric: gxpo/z_score
     """
     ema_omega: Optional[float] = None
     """Weight of the newest value in the ema gate statistic.
 
     range: (0, 1]
+    source: the authors' paper-protocol script (gxpo_omega=0.1)
     metric: gxpo/z_score
     """
     window: Optional[int] = None
     """Length of the gate's rolling buffer (gate_stat=window).
 
     range: integer >= 2
+    source: paper_text: chosen here; authors: authors' code
     metric: gxpo/z_score
     """
     warmup: Optional[int] = None
     """Gate observations (active updates) that are only recorded, never scored, before the gate may trip.
 
     range: integer >= 2
+    source: paper_text: chosen here; authors: authors' code
     metric: gxpo/shutoff_update
     """
     z_threshold: Optional[float] = None
     """τ: the gate trips when the z-score exceeds it.
 
     range: > 0
+    source: paper_text: chosen here; authors: their final-run scripts (gxpo_state.py defaults to 0.5)
     metric: gxpo/shutoff_update
     """
     z_eps: Optional[float] = None
     """ε_z in z = (n − μ)/(σ + ε_z).
 
     range: > 0
+    source: paper_text: chosen here; authors: authors' code
     metric: gxpo/z_score
     """
     two_sided: Optional[bool] = None
     """Test |z| instead of z.
 
     range: true, false
+    source: paper_text: paper text; authors: authors' code
     metric: gxpo/shutoff_update
     """
     trip_inclusive: Optional[bool] = None
     """Trip on z >= τ instead of z > τ.
 
     range: true, false
+    source: paper_text: paper text; authors: authors' code
     metric: gxpo/shutoff_update
     """
     patience: Optional[int] = None
     """Consecutive over-threshold observations needed to trip.
 
     range: integer >= 1
+    source: paper_text: paper text; authors: authors' code
     metric: gxpo/shutoff_update
     """
     gate_granularity: Optional[str] = None
@@ -341,12 +373,14 @@ class GXPOConfig:
     of its mini-batches' signals.
 
     range: update, step
+    source: paper_text: paper text; authors: authors' code
     metric: gxpo/shutoff_update
     """
     host_buffers: bool = False
     """Keep the θ0 / g0 snapshots in host memory instead of on the device (less device memory, more transfers).
 
     range: true, false
+    source: chosen here
     metric: perf/max_memory_allocated_gb, timing
     """
     diagnose_every: int = 0
@@ -354,6 +388,7 @@ class GXPOConfig:
     parameters and state restored) and log the distance of θ̂_K and θ̃ to that point; 0 = off.
 
     range: integer >= 0
+    source: chosen here: off (docs/algorithm.md#metrics)
     metric: gxpo/diag_*, gxpo/diagnostic_passes
     """
 
@@ -378,7 +413,7 @@ class GXPOConfig:
 
     @property
     def explicit(self) -> frozenset:
-        """Names of the section-10 knobs that were set explicitly (not taken from ``variant``)."""
+        """Names of the variant knobs that were set explicitly (not taken from ``variant``)."""
         return self.__dict__.get("_explicit", frozenset())
 
     def resolved(self) -> dict:
@@ -439,7 +474,7 @@ class GXPOConfig:
 
 @dataclass
 class SFPOConfig:
-    """Knobs of the SFPO baseline (spec section 5).
+    """Knobs of the SFPO baseline (docs/algorithm.md#sfpo).
 
     The entropy gate tests ``|z| > z_threshold`` once the rolling buffer holds ``window`` values
     (an entropy collapse and an entropy spike both mean the fast steps drifted too far).
@@ -449,12 +484,14 @@ class SFPOConfig:
     """Fast optimizer steps per update on the same mini-batch (K + 1 backward passes with the slow step).
 
     range: integer >= 1
+    source: chosen here: the paper's smallest SFPO row (Table 1, SFPO 3)
     metric: sfpo/backward_passes
     """
     alpha: float = 0.8
     """Reposition strength: θ̃ = θ0 + alpha·(θ_K − θ0) before the slow step.
 
     range: finite > 0
+    source: chosen here (the paper's SFPO α was lost in extraction)
     metric: sfpo/reposition_norm
     """
     shutoff: str = "adaptive"
@@ -462,30 +499,35 @@ class SFPOConfig:
     active; fixed: inactive from update shutoff_at on.
 
     range: adaptive, never, fixed
+    source: SFPO's published stop rule (docs/algorithm.md#sfpo)
     metric: sfpo/active, sfpo/shutoff_update
     """
     shutoff_at: Optional[int] = None
     """Update index at which shutoff=fixed switches SFPO off.
 
     range: integer >= 0 (required with fixed), else null
+    source: chosen here (only read with shutoff=fixed)
     metric: sfpo/shutoff_update
     """
     window: int = 30
     """Updates of policy entropy the gate scores against; also its warm-up (no test before the buffer is full).
 
     range: integer >= 2
+    source: SFPO's published stop rule (docs/algorithm.md#sfpo)
     metric: sfpo/z_score
     """
     z_threshold: float = 1.0
     """τ: the gate trips when |z| > τ.
 
     range: > 0
+    source: SFPO's published stop rule (docs/algorithm.md#sfpo)
     metric: sfpo/shutoff_update
     """
     z_eps: float = 1.0e-8
     """ε_z in z = (n − μ)/(σ + ε_z).
 
     range: > 0
+    source: chosen here
     metric: sfpo/z_score
     """
 

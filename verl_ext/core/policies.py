@@ -1,4 +1,4 @@
-"""Optimizer-state and failure policies of GXPO (spec sections 7 and 10), each a small named piece.
+"""Optimizer-state and failure policies of GXPO (docs/algorithm.md#faults, #variants), each a small named piece.
 
 * :class:`TorchOptimizerState` -- the :class:`OptimizerStateHooks` for a ``torch.optim.Optimizer``:
   ``save()`` deep-copies the state (every tensor, nested dicts/lists and plain values),

@@ -74,6 +74,83 @@ def _encode(tokenizer, question: str, answer: str) -> tuple[list[int], list[int]
     return [int(t) for t in prompt], [int(t) for t in answer_ids]
 
 
+def _batch(encoded: Sequence[tuple[list[int], list[int]]], pad: int):
+    """(input ids, attention mask, labels) of prompt+answer rows, right-padded; labels only on the answer."""
+    import torch
+
+    n = len(encoded)
+    length = max(len(p) + len(a) for p, a in encoded)
+    ids = torch.full((n, length), pad, dtype=torch.long)
+    labels = torch.full((n, length), -100, dtype=torch.long)
+    mask = torch.zeros((n, length), dtype=torch.long)
+    for row, (p, a) in enumerate(encoded):
+        seq = p + a
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+        labels[row, len(p) : len(seq)] = torch.tensor(a)
+    return ids, mask, labels
+
+
+def _train(base_dir: str, encoded, pad: int, *, steps: int, batch_size: int, lr: float, warmup_steps: int,
+           label_smoothing: float, seed: int, num_threads: int, log_every: int):
+    """The supervised run itself (see :func:`supervised_warm_start`); returns the trained model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(num_threads)))
+    t0 = time.time()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, attn_implementation="sdpa")
+            model.train()
+            opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
+            rng = random.Random(seed)
+            for step in range(1, steps + 1):
+                for group in opt.param_groups:
+                    group["lr"] = lr * min(1.0, step / max(1, warmup_steps))
+                ids, mask, labels = _batch([encoded[rng.randrange(len(encoded))] for _ in range(batch_size)], pad)
+                logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+                loss = torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                    ignore_index=-100, label_smoothing=label_smoothing,
+                )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                if log_every and step % log_every == 0:
+                    print(f"[warm start] step {step}/{steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)", flush=True)
+    finally:
+        torch.set_num_threads(threads)
+    return model
+
+
+def _publish(model, base_dir: str, out_dir: str, manifest: dict, seconds: float) -> None:
+    """Write the model, the base model's tokenizer files and the manifest (last) to a temporary
+    sibling directory, then rename it to ``out_dir`` (a half-written build is never found)."""
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".warm-", dir=parent)
+    os.chmod(tmp, 0o755)
+    try:
+        model.eval()
+        model.save_pretrained(tmp)
+        for name in os.listdir(base_dir):  # tokenizer + generation config of the base model
+            if name not in ("model.safetensors", "config.json", "verl_ext_tiny_manifest.json") and os.path.isfile(os.path.join(base_dir, name)):
+                shutil.copy2(os.path.join(base_dir, name), os.path.join(tmp, name))
+        with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:
+            json.dump(dict(manifest, seconds=round(seconds, 1)), f, indent=2, sort_keys=True)
+        if os.path.isdir(out_dir):
+            shutil.rmtree(out_dir)
+        os.rename(tmp, out_dir)
+        tmp = None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def supervised_warm_start(
     base_dir: str,
     out_dir: str,
@@ -95,8 +172,7 @@ def supervised_warm_start(
     ``random.Random(seed)``; the loss covers the answer tokens and the EOS only. Returns the absolute
     ``out_dir``; see the module docstring for caching and determinism.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     if steps < 0 or batch_size < 1 or not problems:
         raise ValueError("need steps >= 0, batch_size >= 1 and at least one problem")
@@ -120,62 +196,7 @@ def supervised_warm_start(
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     encoded = [_encode(tokenizer, q, a) for q, a in problems]
-    pad = tokenizer.pad_token_id
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(num_threads)))
     t0 = time.time()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, attn_implementation="sdpa")
-            model.train()
-            opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
-            rng = random.Random(seed)
-            for step in range(1, steps + 1):
-                for group in opt.param_groups:
-                    group["lr"] = lr * min(1.0, step / max(1, warmup_steps))
-                batch = [encoded[rng.randrange(len(encoded))] for _ in range(batch_size)]
-                length = max(len(p) + len(a) for p, a in batch)
-                ids = torch.full((batch_size, length), pad, dtype=torch.long)
-                labels = torch.full((batch_size, length), -100, dtype=torch.long)
-                mask = torch.zeros((batch_size, length), dtype=torch.long)
-                for row, (p, a) in enumerate(batch):
-                    seq = p + a
-                    ids[row, : len(seq)] = torch.tensor(seq)
-                    mask[row, : len(seq)] = 1
-                    labels[row, len(p) : len(seq)] = torch.tensor(a)
-                logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
-                loss = torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                    ignore_index=-100, label_smoothing=label_smoothing,
-                )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                if log_every and step % log_every == 0:
-                    print(f"[warm start] step {step}/{steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)", flush=True)
-    finally:
-        torch.set_num_threads(threads)
-
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".warm-", dir=parent)
-    os.chmod(tmp, 0o755)
-    try:
-        model.eval()
-        model.save_pretrained(tmp)
-        for name in os.listdir(base_dir):  # tokenizer + generation config of the base model
-            if name not in ("model.safetensors", "config.json", "verl_ext_tiny_manifest.json") and os.path.isfile(os.path.join(base_dir, name)):
-                shutil.copy2(os.path.join(base_dir, name), os.path.join(tmp, name))
-        with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:
-            json.dump(dict(manifest, seconds=round(time.time() - t0, 1)), f, indent=2, sort_keys=True)
-        if os.path.isdir(out_dir):
-            shutil.rmtree(out_dir)
-        os.rename(tmp, out_dir)
-        tmp = None
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+    model = _train(base_dir, encoded, tokenizer.pad_token_id, log_every=log_every, **args)
+    _publish(model, base_dir, out_dir, manifest, time.time() - t0)
     return out_dir

@@ -61,10 +61,6 @@ _pg_state: dict[str, Any] = {
 # ---------------------------------------------------------------------------------------------
 
 
-def is_process_group_patched() -> bool:
-    return bool(_pg_state["originals"])
-
-
 def patch_process_group_init(dist_mod: types.ModuleType | None, use_gloo: Callable[[], bool]) -> None:
     """Wrap verl's two process-group initialisers (see module docstring, patch 1); idempotent.
 

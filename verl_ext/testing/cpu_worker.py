@@ -50,6 +50,8 @@ from typing import Any, Sequence
 
 import torch
 
+from verl_ext.core.dist import local
+
 # ---------------------------------------------------------------------------------------------
 # Process environment
 # ---------------------------------------------------------------------------------------------
@@ -596,10 +598,7 @@ def parameter_snapshot(module: torch.nn.Module, only_trainable: bool = True) -> 
     for name, p in module.named_parameters():
         if only_trainable and not p.requires_grad:
             continue
-        t = p.detach()
-        if hasattr(t, "to_local"):
-            t = t.to_local()
-        out[name] = t.clone().float()
+        out[name] = local(p.detach()).clone().float()
     return out
 
 

@@ -1,10 +1,10 @@
-"""verl adapter: the actor config with the update-rule keys (spec section 6).
+"""verl adapter: the actor config with the update-rule keys (docs/algorithm.md#configuration).
 
 ``actor_rollout_ref.actor._target_: verl_ext.workers.config.GXPOActorConfig`` makes verl build this
 dataclass (on the driver and on every worker) instead of its ``FSDPActorConfig``. It adds
 ``update_rule`` and the ``gxpo`` / ``sfpo`` sections, validated on construction with errors that
 name the full key (``actor_rollout_ref.actor.gxpo.K``), the value and what is allowed. The ``gxpo``
-section becomes a :class:`~verl_ext.core.config.GXPOConfig` with every section-10 knob resolved
+section becomes a :class:`~verl_ext.core.config.GXPOConfig` with every variant knob resolved
 from ``gxpo.variant`` (null in the YAML = the variant's default; an explicit value wins), so the
 driver and every worker read the same final values (``actor.gxpo.resolved()``).
 """

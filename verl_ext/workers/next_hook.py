@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 
 from verl_ext.core.config import ConfigError
+from verl_ext.core.dist import local
 from verl_ext.core.next import NExtConfig, NExtCost, fit_and_extrapolate, flat_cosine
 
 logger = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class NExtHook:
 
     def _device(self) -> torch.device:
         p = self._params()[0][1]
-        return (p.to_local() if _is_dtensor(p) else p).device
+        return local(p).device
 
     @torch.no_grad()
     def _apply(self, deltas: dict[str, torch.Tensor]) -> None:

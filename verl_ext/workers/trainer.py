@@ -64,7 +64,7 @@ class GXPOTrainerSync(PPOTrainerSync):
         return rb
 
     def _update_actor(self, batch, metrics: dict):
-        """verl's actor update; the rule's metrics are then logged as ``gxpo/...`` (spec section 8),
+        """verl's actor update; the rule's metrics are then logged as ``gxpo/...`` (docs/algorithm.md#metrics),
         not under verl's blanket ``actor/`` prefix."""
         out = super()._update_actor(batch, metrics)
         for key in [k for k in metrics if k.startswith(_RULE_PREFIXES)]:

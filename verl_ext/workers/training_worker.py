@@ -55,6 +55,7 @@ from verl_ext.core.policies import clone_state
 
 from .checkpoint_files import RULE_STATE_FILE, CheckpointError, rank_files, rule_state_problem, torch_file_problem
 from verl_ext.core.config import GXPOConfig, SFPOConfig
+from verl_ext.core.dist import local
 
 logger = logging.getLogger(__name__)
 
@@ -88,10 +89,6 @@ def _scalar(v: Any) -> Optional[float]:
         return None
 
 
-def _local(t: torch.Tensor) -> torch.Tensor:
-    return t.to_local() if hasattr(t, "to_local") else t
-
-
 class EngineOptimizerState(TorchOptimizerState):
     """The core's optimizer-state hooks for a verl engine's optimizer, with host-memory snapshots.
 
@@ -116,7 +113,7 @@ class EngineOptimizerState(TorchOptimizerState):
         """A deep copy of one state value: tensors (local shards) cloned -- to host memory when
         ``host`` -- and nested dicts/lists/plain values copied, never aliased by the live state."""
         if isinstance(v, torch.Tensor):
-            loc = _local(v).detach()
+            loc = local(v).detach()
             return loc.to("cpu", copy=True) if self.host else loc.clone()
         if isinstance(v, dict):
             return {k: self._snap_value(x) for k, x in v.items()}
@@ -128,8 +125,8 @@ class EngineOptimizerState(TorchOptimizerState):
         """``saved`` put back into the live value ``cur``: tensors copied in place into the live tensor
         (its device, its DTensor shard), nested containers member by member, the rest copied."""
         if isinstance(saved, torch.Tensor):
-            if isinstance(cur, torch.Tensor) and _local(cur).shape == saved.shape:
-                _local(cur).copy_(saved)
+            if isinstance(cur, torch.Tensor) and local(cur).shape == saved.shape:
+                local(cur).copy_(saved)
                 return cur
             return clone_state(saved)
         if isinstance(saved, dict) and isinstance(cur, dict):
@@ -169,7 +166,7 @@ class EngineOptimizerState(TorchOptimizerState):
                 if isinstance(v, torch.Tensor):
                     if not isinstance(cur, torch.Tensor):
                         raise RuntimeError(f"optimizer state '{k}' of a parameter disappeared between save and restore")
-                    _local(cur).copy_(v)
+                    local(cur).copy_(v)
                 else:  # nested containers / plain values: restored from the snapshot's own copy
                     st[k] = self._restore_value(cur, v)
         for g, sg in zip(self.optimizer.param_groups, snapshot["groups"]):
@@ -192,6 +189,67 @@ def response_scores(data: TensorDict) -> Optional[torch.Tensor]:
     return None
 
 
+class _EnginePasses:
+    """The rule's two closures for one mini-batch, built from verl's engine primitives, and the record
+    of the passes they ran (outputs, pre-clip norms, extra forward-only passes).
+
+    * :meth:`compute_grads` = ``engine.optimizer_zero_grad()`` + ``engine.forward_backward_batch``
+      (the loss exactly as verl computes it), with the policy entropy on the passes the gate reads
+      and, with ``recompute_old_log_probs``, ``old_log_probs`` recomputed before probe 2 and the
+      corrective pass;
+    * :meth:`optimizer_step` = ``engine.optimizer_step()``, NaN when an fp16 grad scaler skipped it.
+    """
+
+    def __init__(self, worker: "GXPOTrainingWorker", data: TensorDict, loss_fn, *, entropy_phases: set,
+                 recompute_old_log_probs: bool):
+        self.worker, self.engine, self.data, self.loss_fn = worker, worker.engine, data, loss_fn
+        self.entropy_phases = entropy_phases
+        self.base_entropy = bool(tu.get(data, key="calculate_entropy", default=False))
+        recompute = recompute_old_log_probs and "old_log_probs" in data.keys()
+        self.original_old = data["old_log_probs"] if recompute else None
+        self.passes: list[dict] = []
+        self.norms: list[float] = []
+        self.forwards = 0
+
+    def compute_grads(self, phase: str = "plain") -> dict:
+        data = self.data
+        if self.original_old is not None:
+            if phase in ("probe2", "corrective"):
+                self.worker._recompute_old_log_probs(data)
+                self.forwards += 1
+            else:  # theta0's passes (probe 1, plain fallback, diagnostic) use the rollout's old log-probs
+                data["old_log_probs"] = self.original_old
+        want_entropy = phase in self.entropy_phases
+        tu.assign_non_tensor(data, calculate_entropy=self.base_entropy or want_entropy)
+        self.engine.optimizer_zero_grad()
+        out = self.engine.forward_backward_batch(data, self.loss_fn, forward_only=False)
+        self.passes.append({"phase": phase, "outputs": out})
+        aux = {}
+        if want_entropy:
+            ent = self.worker._pass_entropy(out)
+            if ent is not None:
+                aux["entropy"] = ent
+        scaler = self.worker._grad_scaler()
+        if scaler is not None:
+            aux["grad_scale"] = float(scaler.get_scale())
+        return aux
+
+    def optimizer_step(self) -> float:
+        scaler = self.worker._grad_scaler()
+        scale_before = float(scaler.get_scale()) if scaler is not None else None
+        n = float(self.engine.optimizer_step())
+        if scaler is not None and float(scaler.get_scale()) < scale_before:
+            n = float("nan")  # the scaler found inf/nan and skipped optimizer.step()
+        self.norms.append(n)
+        return n
+
+    def restore_batch(self) -> None:
+        """Put back the rollout's ``old_log_probs`` and the batch's own ``calculate_entropy``."""
+        if self.original_old is not None:
+            self.data["old_log_probs"] = self.original_old
+        tu.assign_non_tensor(self.data, calculate_entropy=self.base_entropy)
+
+
 class GXPOTrainingWorker(TrainingWorker):
     """``TrainingWorker`` that applies ``update_rule`` (grpo | sfpo | gxpo) to every mini-batch."""
 
@@ -206,7 +264,8 @@ class GXPOTrainingWorker(TrainingWorker):
         self._pass_work = 1.0  # training-pass equivalents of the last update (for mfu)
         self.last_passes: list[dict] = []  # phase, metrics, loss of every pass of the last update (for tests)
         # verl's TrainingWorker.train_batch calls engine.train_batch(data, loss_function=...): that one
-        # call (BaseEngine.train_batch: zero_grad -> forward_backward -> optimizer_step) is the rule's
+        # call (BaseEngine.train_batch: zero_grad -> forward_backward -> optimizer_step) is where the
+        # rule runs, so it is rebound on this engine instance; verl's classes stay unchanged
         self.engine.train_batch = self._engine_train_batch
 
     # -- configuration ---------------------------------------------------------------------------
@@ -235,10 +294,6 @@ class GXPOTrainingWorker(TrainingWorker):
         if mesh is not None and mesh.ndim == 2 and "fsdp" in (mesh.mesh_dim_names or ()):
             return mesh.get_group("fsdp"), world
         return world, world
-
-    def _process_group(self):
-        """The reduction group (see :meth:`_process_groups`)."""
-        return self._process_groups()[0]
 
     def _get_rule(self) -> UpdateRule:
         if self.rule is None:
@@ -333,67 +388,38 @@ class GXPOTrainingWorker(TrainingWorker):
     # -- the update ------------------------------------------------------------------------------
     def _engine_train_batch(self, data: TensorDict, loss_function=None) -> dict:
         """``BaseEngine.train_batch`` with the rule driving the engine primitives (bound on the engine)."""
-        engine = self.engine
-        loss_fn = loss_function if loss_function is not None else self.loss_fn
         rule = self._get_rule()
         maybe_fix_3d_position_ids(data)
-        gx = self.gxpo_config if self.update_rule_name == "gxpo" else None
-        entropy_phases = set()
-        if self.update_rule_name == "sfpo" and self.sfpo_config.shutoff == "adaptive":
-            entropy_phases = {"fast", "slow", "plain"}
-        elif gx is not None and gx.gate_signal == "entropy":
-            entropy_phases = {"corrective"}
-        recompute = gx is not None and bool(gx.recompute_old_log_probs)
-        base_entropy = bool(tu.get(data, key="calculate_entropy", default=False))
-        original_old = data["old_log_probs"] if recompute and "old_log_probs" in data.keys() else None
-        passes: list[dict] = []
-        norms: list[float] = []
-        forwards = 0
-
-        def compute_grads(phase: str = "plain"):
-            nonlocal forwards
-            if original_old is not None:
-                if phase in ("probe2", "corrective"):
-                    self._recompute_old_log_probs(data)
-                    forwards += 1
-                else:  # theta0's passes (probe 1, plain fallback, diagnostic) use the rollout's old log-probs
-                    data["old_log_probs"] = original_old
-            want_entropy = phase in entropy_phases
-            tu.assign_non_tensor(data, calculate_entropy=base_entropy or want_entropy)
-            engine.optimizer_zero_grad()
-            out = engine.forward_backward_batch(data, loss_fn, forward_only=False)
-            passes.append({"phase": phase, "outputs": out})
-            aux = {}
-            if want_entropy:
-                ent = self._pass_entropy(out)
-                if ent is not None:
-                    aux["entropy"] = ent
-            scaler = self._grad_scaler()
-            if scaler is not None:
-                aux["grad_scale"] = float(scaler.get_scale())
-            return aux
-
-        def optimizer_step():
-            scaler = self._grad_scaler()
-            scale_before = float(scaler.get_scale()) if scaler is not None else None
-            n = float(engine.optimizer_step())
-            if scaler is not None and float(scaler.get_scale()) < scale_before:
-                n = float("nan")  # the scaler found inf/nan and skipped optimizer.step()
-            norms.append(n)
-            return n
-
-        force_plain = self._degenerate(data)
-        kwargs = {"optimizer_state": EngineOptimizerState(engine.optimizer, host=engine.is_optimizer_offload_enabled)}
-        if force_plain:
+        engine_passes = _EnginePasses(self, data, loss_function if loss_function is not None else self.loss_fn,
+                                      entropy_phases=self._entropy_phases(),
+                                      recompute_old_log_probs=self._recomputes_old_log_probs())
+        kwargs = {"optimizer_state": EngineOptimizerState(self.engine.optimizer, host=self.engine.is_optimizer_offload_enabled)}
+        if self._degenerate(data):
             kwargs["force_plain"] = True
-        rule_metrics = rule.step(compute_grads, optimizer_step, **kwargs)
-        if original_old is not None:
-            data["old_log_probs"] = original_old
-        tu.assign_non_tensor(data, calculate_entropy=base_entropy)
+        try:
+            rule_metrics = rule.step(engine_passes.compute_grads, engine_passes.optimizer_step, **kwargs)
+        finally:
+            engine_passes.restore_batch()
+        return self._update_outputs(engine_passes, rule_metrics)
 
+    def _entropy_phases(self) -> set:
+        """The passes whose policy entropy the rule's gate reads (SFPO's adaptive gate, GXPO's entropy gate)."""
+        if self.update_rule_name == "sfpo" and self.sfpo_config.shutoff == "adaptive":
+            return {"fast", "slow", "plain"}
+        if self.update_rule_name == "gxpo" and self.gxpo_config.gate_signal == "entropy":
+            return {"corrective"}
+        return set()
+
+    def _recomputes_old_log_probs(self) -> bool:
+        return self.update_rule_name == "gxpo" and bool(self.gxpo_config.recompute_old_log_probs)
+
+    def _update_outputs(self, engine_passes: "_EnginePasses", rule_metrics: dict) -> dict:
+        """verl's output of the update: the first training pass's, with ``grad_norm`` = probe 1's norm,
+        the last pass's metrics as ``<rule>/<phase>_*`` and the rule's metrics added."""
+        passes = engine_passes.passes
         training = [p for p in passes if p["phase"] != _DIAGNOSTIC] or passes
         first, last = training[0], training[-1]
-        self._pass_work = len(passes) + _FORWARD_ONLY_WORK * forwards
+        self._pass_work = len(passes) + _FORWARD_ONLY_WORK * engine_passes.forwards
         # rank-local metrics of every pass (dp-mean loss), for tests and debugging
         self.last_passes = [
             {"phase": p["phase"], "metrics": {k: _scalar(v) for k, v in p["outputs"].get("metrics", {}).items()},
@@ -402,8 +428,9 @@ class GXPOTrainingWorker(TrainingWorker):
         ]
         last_loss = self.last_passes[passes.index(last)]["loss"]
         outputs = first["outputs"]
-        if engine.is_mp_src_rank_with_outputs():
+        if self.engine.is_mp_src_rank_with_outputs():
             assert "grad_norm" not in outputs["metrics"]
+            norms = engine_passes.norms
             outputs["metrics"]["grad_norm"] = norms[0] if norms else float("nan")
             if last is not first:
                 prefix = f"{self.update_rule_name}/{last['phase']}_"
