@@ -33,7 +33,14 @@ Before anything is submitted every job's config is composed and checked here
 Why two sweep mechanisms: a Hydra multirun (``python -m recipe.gxpo.main_gxpo -m K=3,5``) runs its
 jobs one after another in ONE process (one Ray job or one local Ray), fine for a workstation or one
 allocation; this launcher submits one Ray job per run, so the cluster queues and runs them
-independently (``--max-concurrent``), each with its own logs, status and resubmission (resume).
+independently, each with its own logs, status and resubmission (resume).
+
+Queueing: by default every job is submitted at once. A job whose GPUs are held by earlier jobs waits
+in its driver until they are free (printing what it waits for; ``trainer.resource_wait_s``, default
+a day, bounds the wait, after which it fails saying so), so a grid larger than the cluster runs as
+GPUs free up. Jobs running side by side are isolated (each has its own TransferQueue). ``--max-concurrent
+N`` instead keeps at most N jobs on the cluster (this launcher then stays up until the last is
+submitted). Transient Jobs API errors are retried with backoff (``launch.submit``).
 Both give every run its own directory named from its swept values.
 """
 
@@ -287,7 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default=None, help="comma list of seeds (one run per seed)")
     p.add_argument("--seed-key", default=runmeta.DEFAULT_SEED_KEY, help="config key the seed is written to")
     p.add_argument("--max-concurrent", type=int, default=0,
-                   help="at most N of these jobs running at once (0: submit all; Ray queues them on resources)")
+                   help="at most N of these jobs pending or running at once (this launcher stays up, polling, "
+                        "until the last is submitted). 0 (default): submit all at once; each job's driver then "
+                        "waits for its GPUs while earlier jobs hold them (up to trainer.resource_wait_s, default "
+                        "a day), so a grid larger than the cluster queues and finishes")
     p.add_argument("--poll-s", type=float, default=30.0, help="status poll interval for --max-concurrent/--wait")
     p.add_argument("--skip-existing", action="store_true",
                    help="skip runs whose submission id already exists on the cluster")
@@ -304,7 +314,8 @@ def run_sweep(jobs: list[dict[str, Any]], client, *, max_concurrent: int = 0, wa
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     existing: set[str] = set()
     if skip_existing:
-        existing = {getattr(j, "submission_id", None) for j in client.list_jobs()} - {None}
+        existing = {getattr(j, "submission_id", None)
+                    for j in sub.call_retrying(client.list_jobs, what="listing the cluster's jobs")} - {None}
     results: dict[str, str] = {}
     running: list[str] = []
 
