@@ -115,7 +115,25 @@ class LaunchError(ValueError):
 
 
 def is_secret(name: str) -> bool:
-    return bool(_SECRET.search(name))
+    """A secret-looking name (``*KEY*``, ``*TOKEN*``, ...), except the listed pass-through variables
+    (``TOKENIZERS_PARALLELISM`` is no token)."""
+    return name not in PASSTHROUGH_VARS and bool(_SECRET.search(name))
+
+
+GATED_MODEL_TOKEN = "HF_TOKEN"
+
+
+def gated_model_note(jobs: Sequence[Mapping[str, Any]]) -> str | None:
+    """A note when a job trains a gated model (Llama 3.2) without ``HF_TOKEN`` in its environment
+    (secrets travel only when named with ``--env``), else None."""
+    runs = [j.get("metadata", {}).get("run_name", j.get("submission_id")) for j in jobs
+            if "llama" in str(j.get("metadata", {}).get("model", "")).lower()
+            and GATED_MODEL_TOKEN not in j.get("runtime_env", {}).get("env_vars", {})]
+    if not runs:
+        return None
+    return (f"note: {', '.join(runs[:3])}{' ...' if len(runs) > 3 else ''} train(s) the gated Llama 3.2, which "
+            f"needs a Hugging Face token on the cluster; secrets travel only when named: add --env {GATED_MODEL_TOKEN} "
+            "(copies it from here), unless the cluster's nodes have the model or a token already")
 
 
 def normalize_address(address: str | None) -> str:
@@ -421,7 +439,7 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def call_retrying(fn, *args, what: str = "Jobs API call", tries: int = RETRY_TRIES, first_wait_s: float = 1.0,
-                  sleep=time.sleep, **kwargs):
+                  sleep=None, **kwargs):
     """``fn(*args, **kwargs)``, retried with exponential backoff (1 s doubling, at most 30 s per wait)
     while it fails transiently (:func:`is_transient`); the last error propagates, saying how often
     it was tried."""
@@ -436,7 +454,7 @@ def call_retrying(fn, *args, what: str = "Jobs API call", tries: int = RETRY_TRI
                 raise RuntimeError(f"{what} still failing after {tries} tries: {exc}") from exc
             print(f"[launch] {what} failed ({str(exc).strip()[:200]}); retry {attempt}/{tries - 1} in {wait_s:g} s",
                   file=sys.stderr, flush=True)
-            sleep(wait_s)
+            (sleep or time.sleep)(wait_s)
             wait_s = min(2 * wait_s, RETRY_MAX_WAIT_S)
     raise AssertionError("unreachable")
 
@@ -493,7 +511,8 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=None, help="Ray dashboard / Jobs API address "
                    f"(default: $RAY_ADDRESS or {DEFAULT_ADDRESS})")
     p.add_argument("--env", action="append", default=[], metavar="K=V",
-                   help="environment variable for the job; bare K copies it from here (repeatable)")
+                   help="environment variable for the job; bare K copies it from here (repeatable). Secret-looking "
+                        "names (*TOKEN*, *KEY*, ...) travel only this way: e.g. --env HF_TOKEN for the gated Llama 3.2")
     p.add_argument("--no-env-passthrough", action="store_true",
                    help="do not copy VLLM_*/NCCL_*/HF_*/WANDB_* ... variables from the local environment")
     p.add_argument("--log-dir", default=os.environ.get("GXPO_LOG_DIR"),
@@ -575,6 +594,8 @@ def main(argv: Sequence[str] | None = None, client=None) -> int:
         precheck(args, [job])
     except LaunchError as exc:
         parser.error(str(exc))
+    if note := gated_model_note([job]):
+        print(f"[launch.submit] {note}", file=sys.stderr)
     address = normalize_address(args.address)
     if args.dry_run:
         print(f"# dry run: would submit to {address}", file=sys.stderr)

@@ -45,7 +45,7 @@ def embedded(embedded_assets_dir):
 def _sweep(head: dict, embedded: str, logs: str, prefix: str) -> dict:
     args = [sys.executable, "-m", "launch.sweep", "--name-prefix", prefix, *GRID, "--address", head["address"],
             "--log-dir", logs, "--working-dir", ROOT, "--python", sys.executable, "--wait", "--poll-s", "5",
-            "--", f"gxpo_embedded.dir={embedded}", "trainer.total_training_steps=1", "trainer.test_freq=1",
+            "--", "experiment=cpu_arithmetic", f"gxpo_embedded.dir={embedded}", "trainer.total_training_steps=1", "trainer.test_freq=1",
             "trainer.save_freq=-1", "trainer.val_before_train=false", "data.val_max_samples=8"]
     proc = subprocess.run(args, cwd=ROOT, env=head["env"], capture_output=True, text=True, timeout=2000)
     out = proc.stdout + proc.stderr
@@ -54,7 +54,8 @@ def _sweep(head: dict, embedded: str, logs: str, prefix: str) -> dict:
     assert sorted(results.values()) == ["SUCCEEDED", "SUCCEEDED"], out[-4000:]
     for k in (3, 5):
         metrics = glob.glob(os.path.join(logs, f"{prefix}_tiny-qwen2-warm_k{k}_s1", "metrics-*.jsonl"))
-        assert metrics and any('"step": 1' in open(p).read() for p in metrics), (k, metrics)
+        steps = {json.loads(line)["step"] for path in metrics for line in open(path) if line.strip()}
+        assert 1 in steps, (k, metrics, steps)  # the run trained its step
     return results
 
 
