@@ -56,3 +56,34 @@ def test_built_from_verls_manager_keeps_its_pools():
     mgr = rq.QueueingResourcePoolManager.from_manager(verl_mgr, wait_s=7)
     assert (mgr.resource_pool_spec, mgr.mapping, mgr.get_n_gpus(), mgr.wait_s) == (
         {"global_pool": [4, 4]}, {"actor": "global_pool"}, 8, 7)
+
+
+class _PendingPool:
+    """A resource pool whose placement groups Ray has not placed yet (another job took the GPUs)."""
+
+    def __init__(self, placed_after_s: float | None):
+        self.placed_after_s = placed_after_s
+        self.calls = []
+
+    def get_placement_groups(self, **kwargs):
+        import time
+
+        self.calls.append(kwargs)
+        time.sleep(self.placed_after_s if self.placed_after_s is not None else 3600)
+        return ["pg"]
+
+
+def test_placement_groups_a_race_lost_are_waited_for_with_the_bound(monkeypatch, capsys):
+    _cluster(monkeypatch, total=2, free_sequence=[2])
+    mgr = _manager(wait_s=0.3)
+    mgr.resource_pool_dict = {"global_pool": _PendingPool(placed_after_s=None)}
+    mgr._check_resource_available()
+    with pytest.raises(TimeoutError, match=r"for Ray to place this run's 2 GPUs.*resubmit the same run"):
+        mgr._place_groups()
+    assert "waiting for Ray to place this run's 2 GPUs" in capsys.readouterr().out
+    # placed in time: verl's call went through (it caches the groups on the pool)
+    mgr = _manager(wait_s=5)
+    mgr.resource_pool_dict = {"global_pool": (pool := _PendingPool(placed_after_s=0.05))}
+    mgr._check_resource_available()
+    mgr._place_groups()
+    assert len(pool.calls) == 1 and "device_name" in pool.calls[0]
