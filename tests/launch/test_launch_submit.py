@@ -524,3 +524,32 @@ def test_transient_jobs_api_errors_are_retried_with_backoff(capsys, monkeypatch,
                        client=client) == 1
     assert f"still failing after {submit.RETRY_TRIES} tries" in capsys.readouterr().err
     assert waits[2:] == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+
+
+class LostAnswerClient(FakeClient):
+    """The first submission reaches the cluster but its answer is lost (a 502 from a proxy)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lost = True
+
+    def submit_job(self, **kw):
+        sid = super().submit_job(**kw)
+        if self.lost:
+            self.lost = False
+            raise RuntimeError("Request failed with status code 502: Bad Gateway.")
+        return sid
+
+    def get_job_info(self, sid):
+        import types
+
+        return types.SimpleNamespace(metadata=self.meta[sid])
+
+
+def test_a_retried_submission_that_had_reached_the_cluster_is_not_submitted_twice(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(submit.time, "sleep", lambda s: None)
+    client = LostAnswerClient()
+    assert submit.main(["--name", "run1", "--log-dir", str(tmp_path), "--", "experiment=cpu_arithmetic"],
+                       client=client) == 0
+    assert [kw["submission_id"] for kw in client.submitted] == ["run1"]
+    assert "submitted run1 " in capsys.readouterr().out
