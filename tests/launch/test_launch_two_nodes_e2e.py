@@ -24,6 +24,11 @@ from helpers.ray_head import local_ray_head, local_ray_node
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 ROOT = str(REPO_ROOT)
+# the embedded task's micro-batches are sized for one worker (8 prompts x 8 samples = 64 per step):
+# with two workers each holds half, and verl requires micro-batches that divide it
+HALF_MICRO_BATCHES = ["actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=32",
+                      "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=32",
+                      "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=16"]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +55,7 @@ def _submit(head: dict, embedded: str, logs: str, steps: int) -> str:
     args = [sys.executable, "-m", "launch.submit", "--name", "two_nodes", "--address", head["address"],
             "--log-dir", logs, "--working-dir", ROOT, "--python", sys.executable, "--wait", "--",
             "experiment=cpu_arithmetic", f"gxpo_embedded.dir={embedded}", "trainer.nnodes=2",
-            "trainer.n_gpus_per_node=1", f"trainer.total_training_steps={steps}", "trainer.test_freq=-1",
+            "trainer.n_gpus_per_node=1", *HALF_MICRO_BATCHES, f"trainer.total_training_steps={steps}", "trainer.test_freq=-1",
             "trainer.save_freq=1", "trainer.val_before_train=false"]
     proc = subprocess.run(args, cwd=ROOT, env=head["env"], capture_output=True, text=True, timeout=1800)
     out = proc.stdout + proc.stderr
