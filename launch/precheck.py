@@ -8,6 +8,11 @@ need for LoRA adapters, the trainer mode, ...). A bad key or value is then refus
 machine, naming the run, the key, the value and what is allowed -- not minutes later in a Ray job
 log, and not after half a sweep was submitted. Checks that need the cluster (model files, GPUs,
 verl's resource checks) stay in the job. ``--no-precheck`` skips this (e.g. a custom ``--module``).
+
+A launcher job goes to a cluster, so the recipe's *default* experiment, the embedded CPU task
+(``experiment=cpu_arithmetic``: a 164k-parameter model on two-digit addition), is refused there
+unless named: a submission that forgot ``experiment=paper_math`` would otherwise run the toy on the
+allocation's GPUs under a paper-looking name (:func:`check_cluster_experiment`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any, Mapping, Sequence
 
 CONFIG_MODULE = "recipe.gxpo.config"
 CONFIG_NAME = "gxpo_trainer"
+EMBEDDED_EXPERIMENT = "cpu_arithmetic"  # the recipe's default experiment (conf/experiment/cpu_arithmetic.yaml)
 
 
 class PrecheckError(ValueError):
@@ -64,8 +70,30 @@ def check_overrides(overrides_by_run: Sequence[tuple[str, Sequence[str]]]) -> in
                 validate_update_rule(cfg)
             except ValueError as exc:  # ConfigError names the key, the value and what is allowed
                 raise PrecheckError(f"run {name}: {exc}") from exc
+            check_cluster_experiment(name, overrides, cfg)
             n += 1
     return n
+
+
+def names_experiment(overrides: Sequence[str]) -> str | None:
+    """The ``experiment=`` option the overrides select (the last one wins, as in Hydra), or None."""
+    chosen = None
+    for ov in overrides:
+        key, sep, value = ov.lstrip("+").partition("=")
+        if sep and key == "experiment":
+            chosen = value
+    return chosen
+
+
+def check_cluster_experiment(name: str, overrides: Sequence[str], cfg) -> None:
+    """Refuse the embedded CPU task on a cluster unless the overrides name it (module docstring)."""
+    if "gxpo_embedded" not in cfg or names_experiment(overrides) == EMBEDDED_EXPERIMENT:
+        return
+    raise PrecheckError(
+        f"run {name}: no experiment= given, so it would run the recipe's default, the embedded CPU task "
+        f"(experiment={EMBEDDED_EXPERIMENT}: a 164k-parameter model on two-digit addition, whatever GPUs the "
+        "cluster has). Name the experiment after '--': experiment=paper_math (the paper's protocol; with "
+        f"base_model=... method=...), or experiment={EMBEDDED_EXPERIMENT} to run the embedded task on purpose")
 
 
 def check_jobs(jobs: Sequence[Mapping[str, Any]], module: str) -> int:

@@ -34,6 +34,17 @@ job's ``working_dir`` (minus ``.git``, ``.venv``, outputs, checkpoints, data, wa
 * ``--dry-run`` prints the exact ``submit_job`` keyword arguments as JSON on stdout and exits 0
   without contacting Ray.
 * ``--wait`` tails the job's logs until it ends; the exit status is 0 only if the job SUCCEEDED.
+* A job whose GPUs other jobs on the cluster hold waits for them (its driver polls Ray, printing what
+  it waits for, up to ``trainer.resource_wait_s``, default a day; then it fails saying so) instead
+  of failing in verl's resource check; a job larger than the whole cluster fails at once
+  (``verl_ext/workers/resource_queue.py``). Jobs sharing a cluster are isolated: each has its own
+  TransferQueue (``verl_ext/platform/tq_scope.py``).
+* Jobs API calls that fail transiently ("No available agent to submit job", a 5xx answer, a dropped
+  connection) are retried with exponential backoff (1 s doubling to 30 s, 8 tries); other errors are
+  reported at once.
+* The gated Llama 3.2 models need a Hugging Face token on the cluster: secrets never travel
+  unnamed, so pass ``--env HF_TOKEN`` (copies it from here); a job for a ``llama`` model without it
+  gets a note on stderr.
 """
 
 from __future__ import annotations
@@ -104,7 +115,25 @@ class LaunchError(ValueError):
 
 
 def is_secret(name: str) -> bool:
-    return bool(_SECRET.search(name))
+    """A secret-looking name (``*KEY*``, ``*TOKEN*``, ...), except the listed pass-through variables
+    (``TOKENIZERS_PARALLELISM`` is no token)."""
+    return name not in PASSTHROUGH_VARS and bool(_SECRET.search(name))
+
+
+GATED_MODEL_TOKEN = "HF_TOKEN"
+
+
+def gated_model_note(jobs: Sequence[Mapping[str, Any]]) -> str | None:
+    """A note when a job trains a gated model (Llama 3.2) without ``HF_TOKEN`` in its environment
+    (secrets travel only when named with ``--env``), else None."""
+    runs = [j.get("metadata", {}).get("run_name", j.get("submission_id")) for j in jobs
+            if "llama" in str(j.get("metadata", {}).get("model", "")).lower()
+            and GATED_MODEL_TOKEN not in j.get("runtime_env", {}).get("env_vars", {})]
+    if not runs:
+        return None
+    return (f"note: {', '.join(runs[:3])}{' ...' if len(runs) > 3 else ''} train(s) the gated Llama 3.2, which "
+            f"needs a Hugging Face token on the cluster; secrets travel only when named: add --env {GATED_MODEL_TOKEN} "
+            "(copies it from here), unless the cluster's nodes have the model or a token already")
 
 
 def normalize_address(address: str | None) -> str:
@@ -192,67 +221,100 @@ def build_job(
     set_experiment_name: bool = True,
     require_run_dir: bool = False,
 ) -> dict[str, Any]:
-    """The keyword arguments of ``JobSubmissionClient.submit_job`` for one run."""
-    if not name or not str(name).strip():
-        raise LaunchError("--name is required and must not be empty")
-    overrides = validate_overrides(list(overrides))
+    """The keyword arguments of ``JobSubmissionClient.submit_job`` for one run: names, the run
+    directory's overrides, the job's environment, its metadata, then the job itself."""
     now = now or _dt.datetime.now()
     stamp = now.strftime(run_layout.STAMP_FORMAT)
-    sid = submission_id or make_submission_id(name, unique_id, now)
-    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", sid):
-        raise LaunchError(f"--submission-id {sid!r}: use only letters, digits, '_', '.', '-'")
-    run_name = runmeta.sanitize(name)
-
-    overrides = list(overrides)
+    run_name, sid = _job_names(name, submission_id, unique_id, now)
+    overrides = validate_overrides(list(overrides))
     if set_experiment_name and not _has_key(overrides, "trainer.experiment_name"):
         overrides.append(f"trainer.experiment_name={run_name}")
-
-    job_env: dict[str, str] = {"PYTHONUNBUFFERED": "1"}
-    if env_passthrough:
-        job_env.update(passthrough_env(environ))
-    job_env.setdefault("WANDB_MODE", "offline")
-
     wd = Path(working_dir or PROJECT_ROOT).resolve()
-    excludes = list(DEFAULT_EXCLUDES) + list(extra_excludes)
-
-    if log_dir:
-        run_dir = Path(log_dir).expanduser().resolve() / run_name
-        if not _has_key(overrides, "trainer.default_local_dir"):
-            overrides.append(f"trainer.default_local_dir={run_dir}")
-        if not _has_key(overrides, "hydra.run.dir"):
-            overrides.append(f"hydra.run.dir={run_dir / 'hydra' / stamp}")
-        try:  # a log dir inside the project must not be uploaded with the code
-            rel = Path(log_dir).expanduser().resolve().relative_to(wd)
-            excludes.append("/" + rel.as_posix())
-        except ValueError:
-            pass
-    elif require_run_dir and not _has_key(overrides, "trainer.default_local_dir"):
-        raise LaunchError("--log-dir (or $GXPO_LOG_DIR) is required: a shared directory for the run's checkpoints, "
-                          "metrics and wandb files (without it they would land in Ray's temporary copy of the "
-                          "working dir); or set trainer.default_local_dir=/shared/path/<run> yourself")
-
-    job_env.update(env or {})  # explicit --env wins over everything
-
-    meta = runmeta.merge_meta(runmeta.meta_from_overrides(overrides), runmeta.meta_from_name(run_name))
-    job_meta = {"run_name": run_name, "launcher": "launch.submit", "stamp": stamp, "overrides": json.dumps(overrides)}
-    for key in runmeta.META_FIELDS:
-        if key in meta:
-            job_meta[key] = str(meta[key])
-    if log_dir:
-        job_meta["run_dir"] = str(Path(log_dir).expanduser().resolve() / run_name)
-    job_meta.update({k: str(v) for k, v in (metadata or {}).items()})
-
+    run_dir = _run_dir(log_dir, run_name, overrides, require_run_dir)
+    overrides += _run_dir_overrides(run_dir, overrides, stamp)
+    excludes = list(DEFAULT_EXCLUDES) + list(extra_excludes) + _log_dir_excludes(log_dir, wd)
+    job_env = job_environment(env, env_passthrough, environ)
     job: dict[str, Any] = {
         "entrypoint": shlex.join([python, "-m", module, *overrides]),
         "submission_id": sid,
         "runtime_env": {"working_dir": str(wd), "excludes": excludes, "env_vars": job_env},
-        "metadata": job_meta,
+        "metadata": job_metadata(run_name, overrides, stamp, run_dir, metadata),
     }
     if entrypoint_num_cpus is not None:
         job["entrypoint_num_cpus"] = entrypoint_num_cpus
     if entrypoint_num_gpus is not None:
         job["entrypoint_num_gpus"] = entrypoint_num_gpus
     return job
+
+
+def _job_names(name: str, submission_id: str | None, unique_id: bool, now: _dt.datetime) -> tuple[str, str]:
+    """(run name, submission id), both checked."""
+    if not name or not str(name).strip():
+        raise LaunchError("--name is required and must not be empty")
+    sid = submission_id or make_submission_id(name, unique_id, now)
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", sid):
+        raise LaunchError(f"--submission-id {sid!r}: use only letters, digits, '_', '.', '-'")
+    return runmeta.sanitize(name), sid
+
+
+def _run_dir(log_dir: str | None, run_name: str, overrides: Sequence[str], required: bool) -> Path | None:
+    """``<log dir>/<run name>`` (None without a log dir; an error when one is required and no
+    override sets ``trainer.default_local_dir``)."""
+    if log_dir:
+        return Path(log_dir).expanduser().resolve() / run_name
+    if required and not _has_key(overrides, "trainer.default_local_dir"):
+        raise LaunchError("--log-dir (or $GXPO_LOG_DIR) is required: a shared directory for the run's checkpoints, "
+                          "metrics and wandb files (without it they would land in Ray's temporary copy of the "
+                          "working dir); or set trainer.default_local_dir=/shared/path/<run> yourself")
+    return None
+
+
+def _run_dir_overrides(run_dir: Path | None, overrides: Sequence[str], stamp: str) -> list[str]:
+    """The overrides that put the run's outputs (checkpoints, metrics, Hydra's config) in ``run_dir``."""
+    out = []
+    if run_dir is not None:
+        if not _has_key(overrides, "trainer.default_local_dir"):
+            out.append(f"trainer.default_local_dir={run_dir}")
+        if not _has_key(overrides, "hydra.run.dir"):
+            out.append(f"hydra.run.dir={run_dir / 'hydra' / stamp}")
+    return out
+
+
+def _log_dir_excludes(log_dir: str | None, working_dir: Path) -> list[str]:
+    """A log dir inside the project must not be uploaded with the code."""
+    if not log_dir:
+        return []
+    try:
+        return ["/" + Path(log_dir).expanduser().resolve().relative_to(working_dir).as_posix()]
+    except ValueError:
+        return []
+
+
+def job_environment(env: Mapping[str, str] | None, passthrough: bool,
+                    environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The job's environment variables: pass-through ones (unless disabled), ``WANDB_MODE=offline``
+    by default, then the explicit ``--env`` ones, which win."""
+    job_env: dict[str, str] = {"PYTHONUNBUFFERED": "1"}
+    if passthrough:
+        job_env.update(passthrough_env(environ))
+    job_env.setdefault("WANDB_MODE", "offline")
+    job_env.update(env or {})
+    return job_env
+
+
+def job_metadata(run_name: str, overrides: Sequence[str], stamp: str, run_dir: Path | None,
+                 extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The job's metadata: run name, launcher, stamp, overrides, the run's parsed fields
+    (``launch.runmeta``), its directory, then ``extra``."""
+    meta = runmeta.merge_meta(runmeta.meta_from_overrides(overrides), runmeta.meta_from_name(run_name))
+    job_meta = {"run_name": run_name, "launcher": "launch.submit", "stamp": stamp, "overrides": json.dumps(list(overrides))}
+    for key in runmeta.META_FIELDS:
+        if key in meta:
+            job_meta[key] = str(meta[key])
+    if run_dir is not None:
+        job_meta["run_dir"] = str(run_dir)
+    job_meta.update({k: str(v) for k, v in (extra or {}).items()})
+    return job_meta
 
 
 def redacted(job: Mapping[str, Any]) -> dict[str, Any]:
@@ -291,7 +353,7 @@ def make_client(address: str):
 
     _use_ray_auth_token_if_present()
     try:
-        return JobSubmissionClient(address)
+        return call_retrying(JobSubmissionClient, address, what=f"connecting to {address}", tries=4)
     except Exception as exc:  # connection refused, wrong port, version check ...
         raise RuntimeError(f"cannot reach the Ray Jobs API at {address}: {exc}") from exc
 
@@ -321,7 +383,7 @@ def active_jobs_of_run(client, job: Mapping[str, Any]) -> list[str]:
     run_dir = job.get("metadata", {}).get("run_dir")
     run_name = job.get("metadata", {}).get("run_name")
     out = []
-    for other in client.list_jobs():
+    for other in call_retrying(client.list_jobs, what="listing the cluster's jobs"):
         meta = _field(other, "metadata") or {}
         same = (run_dir and meta.get("run_dir") == run_dir) or (not run_dir and meta.get("run_name") == run_name)
         status = str(getattr(_field(other, "status"), "value", _field(other, "status"))).split(".")[-1].upper()
@@ -345,6 +407,8 @@ def submit(client, job: dict[str, Any]) -> str:
         if "already exists" not in msg and "already been used" not in msg:
             raise
         sid = job["submission_id"]
+        if _is_this_submission(client, job):  # a retried request that had reached the cluster
+            return sid
         if job_status(client, sid) not in TERMINAL:
             raise RuntimeError(f"a job with submission id {sid!r} is still pending or running on this cluster") from exc
         job["submission_id"] = f"{sid}-{job['metadata'].get('stamp') or run_layout.timestamp()}"
@@ -353,21 +417,64 @@ def submit(client, job: dict[str, Any]) -> str:
         return _submit_retrying(client, job)
 
 
-def _submit_retrying(client, job: Mapping[str, Any], tries: int = 30, wait_s: float = 2.0) -> str:
-    """``submit_job``, retried while a freshly started head's job agent is not up yet (Ray answers
-    "No available agent to submit job, please try again later")."""
-    for attempt in range(tries):
+#: what a Jobs API answer says when trying again later can help: the job agent of a (re)starting head
+#: is not up yet ("No available agent to submit job, please try again later"), a 5xx, a dropped
+#: connection
+_TRANSIENT = re.compile(r"try again later|no available agent|status code 5\d\d|connection (?:refused|reset|aborted)"
+                        r"|max retries exceeded|temporarily unavailable|timed? ?out", re.I)
+RETRY_TRIES = 8  # waits 1, 2, 4, ..., 30 s: about 2.5 minutes in all
+RETRY_MAX_WAIT_S = 30.0
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for a Jobs API error that a retry may cure (see ``_TRANSIENT``); bad requests are not."""
+    try:
+        import requests
+
+        if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
+            return True
+    except ImportError:  # pragma: no cover - ray[default] depends on requests
+        pass
+    return isinstance(exc, (RuntimeError, ConnectionError, TimeoutError)) and bool(_TRANSIENT.search(str(exc)))
+
+
+def call_retrying(fn, *args, what: str = "Jobs API call", tries: int = RETRY_TRIES, first_wait_s: float = 1.0,
+                  sleep=None, **kwargs):
+    """``fn(*args, **kwargs)``, retried with exponential backoff (1 s doubling, at most 30 s per wait)
+    while it fails transiently (:func:`is_transient`); the last error propagates, saying how often
+    it was tried."""
+    wait_s = first_wait_s
+    for attempt in range(1, tries + 1):
         try:
-            return client.submit_job(**job)
-        except RuntimeError as exc:
-            if "try again later" not in str(exc).lower() or attempt == tries - 1:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if not is_transient(exc):
                 raise
-            time.sleep(wait_s)
+            if attempt == tries:
+                raise RuntimeError(f"{what} still failing after {tries} tries: {exc}") from exc
+            print(f"[launch] {what} failed ({str(exc).strip()[:200]}); retry {attempt}/{tries - 1} in {wait_s:g} s",
+                  file=sys.stderr, flush=True)
+            (sleep or time.sleep)(wait_s)
+            wait_s = min(2 * wait_s, RETRY_MAX_WAIT_S)
     raise AssertionError("unreachable")
 
 
+def _is_this_submission(client, job: Mapping[str, Any]) -> bool:
+    """True when the cluster's job with ``job``'s submission id is ``job`` itself (same run and stamp)."""
+    try:
+        info = call_retrying(client.get_job_info, job["submission_id"], what="job info")
+    except Exception:
+        return False
+    meta, mine = _field(info, "metadata") or {}, job.get("metadata", {})
+    return bool(mine.get("stamp")) and all(meta.get(k) == mine.get(k) for k in ("run_name", "stamp"))
+
+
+def _submit_retrying(client, job: Mapping[str, Any]) -> str:
+    return call_retrying(client.submit_job, what=f"submitting {job.get('submission_id')}", **job)
+
+
 def job_status(client, sid: str) -> str:
-    status = client.get_job_status(sid)
+    status = call_retrying(client.get_job_status, sid, what=f"status of {sid}")
     return str(getattr(status, "value", status)).split(".")[-1].upper()
 
 
@@ -404,7 +511,8 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=None, help="Ray dashboard / Jobs API address "
                    f"(default: $RAY_ADDRESS or {DEFAULT_ADDRESS})")
     p.add_argument("--env", action="append", default=[], metavar="K=V",
-                   help="environment variable for the job; bare K copies it from here (repeatable)")
+                   help="environment variable for the job; bare K copies it from here (repeatable). Secret-looking "
+                        "names (*TOKEN*, *KEY*, ...) travel only this way: e.g. --env HF_TOKEN for the gated Llama 3.2")
     p.add_argument("--no-env-passthrough", action="store_true",
                    help="do not copy VLLM_*/NCCL_*/HF_*/WANDB_* ... variables from the local environment")
     p.add_argument("--log-dir", default=os.environ.get("GXPO_LOG_DIR"),
@@ -486,6 +594,8 @@ def main(argv: Sequence[str] | None = None, client=None) -> int:
         precheck(args, [job])
     except LaunchError as exc:
         parser.error(str(exc))
+    if note := gated_model_note([job]):
+        print(f"[launch.submit] {note}", file=sys.stderr)
     address = normalize_address(args.address)
     if args.dry_run:
         print(f"# dry run: would submit to {address}", file=sys.stderr)

@@ -20,8 +20,9 @@ still collide are refused before anything is submitted. ``launch.runmeta`` parse
 ``--preset table1`` expands the paper's Table 1 (``launch.table1_grid``, read from
 ``conf/sweep/table1.yaml``): every model (Hydra group ``base_model=``) x every method (group
 ``method=``: GRPO, SFPO K=3/5/10, GXPO K=3/5/10), each with ``experiment=paper_math``
-(``--experiment`` to change or ``none`` to drop). ``--paper-rows`` keeps the rows the paper prints
-(no K=10 for Qwen2.5-7B and Llama3.2-3B); ``--models`` / ``--methods`` filter the grid. Extra
+(``--experiment`` to change or ``none`` to drop). ``--paper-rows`` keeps the rows the paper reports
+(Table 1 prints no K=10 for Qwen2.5-7B and Llama3.2-3B; Table 2 uses Llama3.2-3B's K=10 runs, so
+they stay: 26 runs); ``--models`` / ``--methods`` filter the grid. Extra
 ``--grid`` keys multiply the preset. ``--methods`` takes any ``conf/method`` option, so the other
 accelerators join the grid as extra rows on the same models and protocol:
 ``--methods grpo,gxpo_k5,capo,capo_gxpo_k5,next`` (``next`` needs LoRA: ``base_model=qwen2.5-7b``, or
@@ -33,7 +34,14 @@ Before anything is submitted every job's config is composed and checked here
 Why two sweep mechanisms: a Hydra multirun (``python -m recipe.gxpo.main_gxpo -m K=3,5``) runs its
 jobs one after another in ONE process (one Ray job or one local Ray), fine for a workstation or one
 allocation; this launcher submits one Ray job per run, so the cluster queues and runs them
-independently (``--max-concurrent``), each with its own logs, status and resubmission (resume).
+independently, each with its own logs, status and resubmission (resume).
+
+Queueing: by default every job is submitted at once. A job whose GPUs are held by earlier jobs waits
+in its driver until they are free (printing what it waits for; ``trainer.resource_wait_s``, default
+a day, bounds the wait, after which it fails saying so), so a grid larger than the cluster runs as
+GPUs free up. Jobs running side by side are isolated (each has its own TransferQueue). ``--max-concurrent
+N`` instead keeps at most N jobs on the cluster (this launcher then stays up until the last is
+submitted). Transient Jobs API errors are retried with backoff (``launch.submit``).
 Both give every run its own directory named from its swept values.
 """
 
@@ -268,9 +276,9 @@ def build_runs(
     return runs
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m launch.sweep") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m launch.sweep",
+        prog=prog,
         description="Submit one Ray job per grid combination (see launch.submit for the job layout).",
         epilog="Everything after '--' is added to every run as Hydra overrides.",
     )
@@ -280,14 +288,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=PRESETS, default=None, help="expand a paper grid (table1)")
     p.add_argument("--models", default=None, help="comma list: only these preset models")
     p.add_argument("--methods", default=None, help="comma list: only these preset methods (e.g. grpo,gxpo_k5)")
-    p.add_argument("--paper-rows", action="store_true", help="table1: drop the rows the paper does not report")
+    p.add_argument("--paper-rows", action="store_true",
+                   help="table1: only the rows the paper reports (Table 1's 24, plus Table 2's Llama3.2-3B K=10 "
+                        "runs: 26; drops Qwen2.5-7B K=10)")
     p.add_argument("--experiment", default=None,
                    help=f"conf/experiment option added to every run (default: {TABLE1_EXPERIMENT} with "
                         "--preset table1, none otherwise; 'none' to omit; skipped when an override sets it)")
     p.add_argument("--seeds", default=None, help="comma list of seeds (one run per seed)")
     p.add_argument("--seed-key", default=runmeta.DEFAULT_SEED_KEY, help="config key the seed is written to")
     p.add_argument("--max-concurrent", type=int, default=0,
-                   help="at most N of these jobs running at once (0: submit all; Ray queues them on resources)")
+                   help="at most N of these jobs pending or running at once (this launcher stays up, polling, "
+                        "until the last is submitted). 0 (default): submit all at once; each job's driver then "
+                        "waits for its GPUs while earlier jobs hold them (up to trainer.resource_wait_s, default "
+                        "a day), so a grid larger than the cluster queues and finishes")
     p.add_argument("--poll-s", type=float, default=30.0, help="status poll interval for --max-concurrent/--wait")
     p.add_argument("--skip-existing", action="store_true",
                    help="skip runs whose submission id already exists on the cluster")
@@ -304,7 +317,8 @@ def run_sweep(jobs: list[dict[str, Any]], client, *, max_concurrent: int = 0, wa
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     existing: set[str] = set()
     if skip_existing:
-        existing = {getattr(j, "submission_id", None) for j in client.list_jobs()} - {None}
+        existing = {getattr(j, "submission_id", None)
+                    for j in sub.call_retrying(client.list_jobs, what="listing the cluster's jobs")} - {None}
     results: dict[str, str] = {}
     running: list[str] = []
 
@@ -342,10 +356,11 @@ def run_sweep(jobs: list[dict[str, Any]], client, *, max_concurrent: int = 0, wa
     return results
 
 
-def main(argv: Sequence[str] | None = None, client=None, default_preset: str | None = None) -> int:
+def main(argv: Sequence[str] | None = None, client=None, default_preset: str | None = None,
+         prog: str = "python -m launch.sweep") -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     flags, overrides = sub.split_argv(argv)
-    parser = build_parser()
+    parser = build_parser(prog)
     args = parser.parse_args(flags)
     preset = args.preset or default_preset
     overrides = list(args.overrides) + overrides
@@ -375,6 +390,8 @@ def main(argv: Sequence[str] | None = None, client=None, default_preset: str | N
         sub.precheck(args, jobs)
     except sub.LaunchError as exc:
         parser.error(str(exc))
+    if note := sub.gated_model_note(jobs):
+        print(f"[launch.sweep] {note}", file=sys.stderr)
     address = sub.normalize_address(args.address)
     if args.dry_run:
         print(f"# dry run: {len(jobs)} job(s), would submit to {address}", file=sys.stderr)

@@ -10,7 +10,9 @@ What it registers, and when (``import verl`` must stay cheap: it runs in every p
   (``verl.utils.distributed``, ``verl.workers.engine``) to post-import hooks;
 * the HF rollout (:func:`verl_ext.rollout.register_hf_rollout_on_import`), when verl's rollout
   registries are first imported (``verl.workers.rollout.base`` / ``.replica``), by post-import
-  hooks: importing them here would cost ~1 s in every process.
+  hooks: importing them here would cost ~1 s in every process;
+* TransferQueue's named actors scoped per Ray job (:mod:`verl_ext.platform.tq_scope`), when its
+  modules are imported.
 
 Circular import: verl imports this module while ``verl`` itself is still initialising. If a user
 imports this module *before* verl, the nested ``import verl`` re-enters this (partially
@@ -38,6 +40,13 @@ def load() -> None:
         register_hf_rollout_on_import()
     except Exception:  # never break `import verl`
         logger.warning("verl_ext: HF rollout registration failed", exc_info=True)
+
+    try:  # one TransferQueue per Ray job (jobs sharing a cluster must not share or clash on it)
+        from verl_ext.platform.tq_scope import scope_on_import
+
+        scope_on_import()
+    except Exception:  # never break `import verl`
+        logger.warning("verl_ext: TransferQueue job scoping failed", exc_info=True)
 
 
 load()

@@ -59,8 +59,9 @@ Derived quantities per run
   sampled pass@1 the paper reports. A metric given without ``@N`` (or a bare data source such as
   ``math500``) takes the largest N the run logged (``--n`` to fix it; verl puts only the largest N
   under ``val-core``); a bare data source falls back to ``val-core/<ds>/reward/mean@N`` when the
-  reward function returned no ``acc``. ``avg`` is the mean over the Table 1 benchmarks a run logged
-  at a step. ``val-core/<ds>/acc/pass@<k>`` (logged by the project's ``gxpo_sync`` trainer, see
+  reward function returned no ``acc``. ``avg`` is the mean over exactly the Table 1 benchmarks
+  (``--benchmarks``, the paper's five by default) at a step; a run that did not log every one of them
+  has no ``avg`` (Table 1 shows "incomplete"). ``val-core/<ds>/acc/pass@<k>`` (logged by the project's ``gxpo_sync`` trainer, see
   ``verl_ext/metrics/pass_at_k.py``) is the unbiased pass@k; verl's ``best@k`` is a bootstrap.
 
 Outputs (in OUT_DIR)

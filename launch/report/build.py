@@ -49,10 +49,17 @@ def largest_pass_k(runs: Sequence[Run], opts: Options) -> int | None:
     return max(ks) if ks else None
 
 
+AVG_INCOMPLETE = "incomplete"
+
+
 def _write_table1(df: pd.DataFrame, opts: Options, stem: Path, files: list) -> str:
     df.to_csv(stem.with_suffix(".csv"), index=False)
     kinds = {t: "pct" for t in list(opts.benchmarks.values()) + ["Avg."]}
-    text = to_markdown(df.drop(columns=[c for c in ("complete",) if c in df.columns]), kinds)
+    text = to_markdown(df.drop(columns=[c for c in ("complete",) if c in df.columns]), kinds,
+                       na_text={"Avg.": AVG_INCOMPLETE})
+    if "Avg." in df.columns and df["Avg."].isna().any():
+        text += (f"\n_Avg. is the mean over exactly these {len(opts.benchmarks)} benchmarks: "
+                 f"{', '.join(opts.benchmarks.values())}; \"{AVG_INCOMPLETE}\" where a row did not log all of them._\n")
     stem.with_suffix(".md").write_text(text)
     files += [stem.with_suffix(".csv"), stem.with_suffix(".md")]
     return text

@@ -95,10 +95,9 @@ def hours(run: Run, include_val_time: bool = False) -> pd.Series:
 def metric_series(run: Run, spec: str, opts: Options) -> pd.Series:
     """Accuracy (fraction) at the steps where the metric was logged."""
     hist = run.hist
-    if spec == "avg":
+    if spec == "avg":  # over exactly the configured benchmarks: none when a run did not log one
         cols = [resolve_metric(hist, ds, opts.n, opts.stat) for ds in opts.benchmarks]
-        cols = [c for c in cols if c]
-        if not cols:
+        if not cols or not all(cols):
             return pd.Series(dtype=float)
         return hist[cols].dropna(how="any").mean(axis=1)
     col = resolve_metric(hist, spec, opts.n, opts.stat)

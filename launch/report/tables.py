@@ -36,7 +36,8 @@ class Table1Row:
 
     ``accuracy`` maps each benchmark's data source to the seed mean (a fraction, NaN when a seed
     lacks it); every seed contributes ALL its benchmarks from ONE evaluation step (``steps``, one
-    per seed). ``avg`` is the mean over the table's benchmark columns (NaN when one is missing).
+    per seed). ``avg`` is the mean over exactly the configured benchmarks (``Options.benchmarks``, the
+    paper's five by default); NaN when the row lacks one of them (shown as "incomplete").
     ``complete`` is False when a seed stopped before its configured total steps (``total_steps``),
     None when no seed's configuration says.
     """
@@ -128,9 +129,8 @@ def table1_rows(runs_or_groups: Sequence[Run] | Sequence[Group], at: str = "fina
             bp_per_update=runmeta.backward_passes_per_update(g.method, g.K), accuracy=acc, avg=float("nan"),
             steps=tuple(s for _, s, _ in per_seed), total_steps=tuple(r.total_steps for r, _, _ in per_seed),
             complete=complete, runs=tuple(r.name for r, _, _ in per_seed)))
-    shown = [ds for ds in opts.benchmarks if any(np.isfinite(r.accuracy[ds]) for r in rows)]
-    for r in rows:
-        vals = [r.accuracy[ds] for ds in shown]
+    for r in rows:  # over exactly the configured benchmarks: a row missing one has no average
+        vals = [r.accuracy[ds] for ds in opts.benchmarks]
         r.avg = float(np.mean(vals)) if vals and all(np.isfinite(vals)) else float("nan")
     return rows
 
@@ -313,9 +313,11 @@ def iso_table(groups: Sequence[Group], opts: Options, axis: str, budgets: Sequen
     df = pd.DataFrame(rows)
     if df.empty:
         return df
+    # Avg. over exactly the configured benchmarks (NaN: "incomplete" when a row lacks one), then the
+    # columns no row has are dropped
+    df["Avg."] = df[list(opts.benchmarks.values())].mean(axis=1, skipna=False)
     titles = [t for t in opts.benchmarks.values() if t in df.columns and df[t].notna().any()]
     df = df.drop(columns=[t for t in opts.benchmarks.values() if t in df.columns and t not in titles])
-    df["Avg."] = df[titles].mean(axis=1, skipna=False)
     return df
 
 

@@ -1,6 +1,10 @@
 """A private Ray head for tests: loopback, random free ports, a short private temp dir, logical
 CPUs/GPUs; run with ``--block`` in its own process group so that stopping it stops exactly the
-processes the test started (``ray stop`` would stop every Ray on the machine)."""
+processes the test started (``ray stop`` would stop every Ray on the machine).
+
+:func:`local_ray_node` adds a second node to such a head (``ray start --address``, its own logical
+CPUs/GPUs and ports, same loopback address): a two-node cluster on one machine, the topology a
+``--nodes=2`` SLURM allocation gives."""
 
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ def local_ray_head(num_cpus: int = 16, num_gpus: int = 1, **env_extra: str):
                 [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
                  f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", f"--num-cpus={num_cpus}",
                  f"--num-gpus={num_gpus}", "--include-dashboard=true", f"--temp-dir={temp_dir}",
-                 "--disable-usage-stats"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                 f"--dashboard-agent-listen-port={free_port()}", "--disable-usage-stats"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         address = f"http://127.0.0.1:{dash}"
         for _ in range(120):  # the Jobs API comes up a little after the head
             if head.poll() is not None:
@@ -61,6 +65,37 @@ def local_ray_head(num_cpus: int = 16, num_gpus: int = 1, **env_extra: str):
     else:
         raise RuntimeError("ray start --head failed three times:\n" + "\n---\n".join(errors))
     try:
-        yield {"address": address, "temp_dir": temp_dir, "env": env}
+        yield {"address": address, "temp_dir": temp_dir, "env": env, "gcs_address": f"127.0.0.1:{port}"}
     finally:
         _stop(head)
+
+
+def _alive_nodes(head: dict) -> int:
+    code = ("import ray; ray.init(address={!r}, logging_level='ERROR'); "
+            "print(sum(1 for n in ray.nodes() if n['Alive']))").format(head["gcs_address"])
+    proc = subprocess.run([sys.executable, "-c", code], env=head["env"], capture_output=True, text=True, timeout=120)
+    return int(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 and proc.stdout.strip() else 0
+
+
+@contextlib.contextmanager
+def local_ray_node(head: dict, num_cpus: int = 16, num_gpus: int = 1, expect_nodes: int = 2):
+    """A worker node joined to ``head`` (from :func:`local_ray_head`) for the ``with`` block; yields
+    its log path once the cluster counts ``expect_nodes`` alive nodes."""
+    log_path = os.path.join(head["temp_dir"], f"node-{free_port()}.log")
+    with open(log_path, "w") as log:
+        node = subprocess.Popen(
+            [RAY, "start", "--block", f"--address={head['gcs_address']}", "--node-ip-address=127.0.0.1",
+             f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}", f"--dashboard-agent-listen-port={free_port()}",
+             "--disable-usage-stats"], env=head["env"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        for _ in range(60):
+            if node.poll() is not None:
+                raise RuntimeError("ray start --address failed:\n" + open(log_path).read()[-3000:])
+            if _alive_nodes(head) >= expect_nodes:
+                break
+            time.sleep(2)
+        else:
+            raise RuntimeError("the second Ray node did not join in time:\n" + open(log_path).read()[-3000:])
+        yield log_path
+    finally:
+        _stop(node)

@@ -49,7 +49,7 @@ def _rule_state(run_dir: str, step: int) -> dict:
 def _short(embedded: str, steps: int) -> list[str]:
     """A short embedded run: validation (on 32 of the 200 held-out problems) and a checkpoint at every
     step, no step-0 validation."""
-    return [f"gxpo_embedded.dir={embedded}", f"trainer.total_training_steps={steps}", "trainer.test_freq=1",
+    return ["experiment=cpu_arithmetic", f"gxpo_embedded.dir={embedded}", f"trainer.total_training_steps={steps}", "trainer.test_freq=1",
             "trainer.save_freq=1", "trainer.val_before_train=false", "data.val_max_samples=32"]
 
 

@@ -114,8 +114,8 @@ def test_dry_run_json(capsys, monkeypatch, tmp_path):
 def test_dry_run_cli_and_quoting(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "launch.submit", "--name", "cli run", "--address", "10.0.0.5:8265", "--log-dir",
-         str(tmp_path), "--no-env-passthrough", "--dry-run", "--", "actor_rollout_ref.actor.update_rule=sfpo",
-         "actor_rollout_ref.actor.sfpo.K=5", "+trainer.tags=[a,b]"],
+         str(tmp_path), "--no-env-passthrough", "--dry-run", "--", "experiment=cpu_arithmetic",
+         "actor_rollout_ref.actor.update_rule=sfpo", "actor_rollout_ref.actor.sfpo.K=5", "+trainer.tags=[a,b]"],
         cwd=ROOT, capture_output=True, text=True, timeout=300, env={"PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
     assert "would submit to http://10.0.0.5:8265" in proc.stderr
@@ -172,7 +172,7 @@ def test_env_copy_from_local(monkeypatch):
 def test_submit_and_wait(capsys, tmp_path, monkeypatch, outcome, rc):
     monkeypatch.setattr(submit.time, "sleep", lambda s: None)
     client = FakeClient({"run1": outcome})
-    assert submit.main(["--name", "run1", "--log-dir", str(tmp_path), "--wait", "--", "method=grpo"], client=client) == rc
+    assert submit.main(["--name", "run1", "--log-dir", str(tmp_path), "--wait", "--", "experiment=cpu_arithmetic", "method=grpo"], client=client) == rc
     out = capsys.readouterr().out
     assert "step 1\nstep 2\n" in out and f"finished: {outcome}" in out
     (kw,) = client.submitted
@@ -183,7 +183,7 @@ def test_submit_and_wait(capsys, tmp_path, monkeypatch, outcome, rc):
 
 def test_duplicate_submission_id_of_a_running_job_is_explained(capsys):
     client = FakeClient(active={"run1": {"run_name": "another run"}})
-    assert submit.main(["--name", "run1", "--", "method=grpo"], client=client) == 1
+    assert submit.main(["--name", "run1", "--", "experiment=cpu_arithmetic", "method=grpo"], client=client) == 1
     assert "'run1' is still pending or running" in capsys.readouterr().err and not client.submitted
 
 
@@ -196,7 +196,7 @@ def test_unique_id():
 def test_grid_expansion_counts_and_names(capsys):
     jobs = _dry(capsys, sweep, ["--grid", "actor_rollout_ref.actor.gxpo.K=3,5,10", "--grid",
                                 "actor_rollout_ref.actor.gxpo.alpha=0.5,1.0", "--seeds", "1,2", "--dry-run", "--",
-                                "actor_rollout_ref.actor.update_rule=gxpo"])
+                                "experiment=cpu_arithmetic", "actor_rollout_ref.actor.update_rule=gxpo"])
     assert len(jobs) == 3 * 2 * 2
     names = [j["submission_id"] for j in jobs]
     # the model (the embedded default's tiny model here) is always in the name
@@ -206,7 +206,7 @@ def test_grid_expansion_counts_and_names(capsys):
     j = jobs[-1]
     assert j["submission_id"] == "sweep_tiny-qwen2-warm_k10_a1.0_s2"
     assert ("actor_rollout_ref.actor.gxpo.K=10 actor_rollout_ref.actor.gxpo.alpha=1.0 data.seed=2 "
-            "actor_rollout_ref.actor.update_rule=gxpo") in j["entrypoint"]
+            "experiment=cpu_arithmetic actor_rollout_ref.actor.update_rule=gxpo") in j["entrypoint"]
     assert (j["metadata"]["method"], j["metadata"]["K"], j["metadata"]["alpha"], j["metadata"]["seed"]) == \
         ("gxpo", "10", "1.0", "2")
     assert j["metadata"]["sweep"] == "sweep"
@@ -232,7 +232,10 @@ def test_table1_preset_size_and_filters(capsys):
     meta = runmeta.merge_meta(runmeta.meta_from_name(j["submission_id"]))
     assert (meta["model"], meta["method"], meta["K"]) == ("qwen2.5-7b", "sfpo", 5)
 
-    assert len(_dry(capsys, sweep, ["--preset", "table1", "--paper-rows", "--dry-run", "--no-precheck"])) == 24
+    rows = _dry(capsys, sweep, ["--preset", "table1", "--paper-rows", "--dry-run", "--no-precheck"])
+    assert len(rows) == 26  # Table 1's 24 rows and Table 2's Llama3.2-3B K=10 runs
+    assert {"table1_llama3.2-3b_sfpo_k10_s1", "table1_llama3.2-3b_gxpo_k10_s1"} <= {j["submission_id"] for j in rows}
+    assert "table1_qwen2.5-7b_gxpo_k10_s1" not in {j["submission_id"] for j in rows}
     assert len(_dry(capsys, paper_table1, ["--dry-run", "--no-precheck"])) == 28
     sel = _dry(capsys, paper_table1, ["--models", "llama3.2-3b", "--methods", "grpo,gxpo_k5", "--seeds", "1,2,3",
                                       "--dry-run"])
@@ -291,7 +294,8 @@ def test_sweep_max_concurrent_and_wait(capsys, tmp_path, monkeypatch):
 
 def test_sweep_skip_existing(capsys):
     client = FakeClient(existing={"s_tiny-qwen2-warm_k3_s1"})
-    assert sweep.main(["--name-prefix", "s", "--grid", "actor_rollout_ref.actor.gxpo.K=3,5", "--skip-existing"],
+    assert sweep.main(["--name-prefix", "s", "--grid", "actor_rollout_ref.actor.gxpo.K=3,5", "--skip-existing",
+                       "--", "experiment=cpu_arithmetic"],
                       client=client) == 0
     assert [j["submission_id"] for j in client.submitted] == ["s_tiny-qwen2-warm_k5_s1"]
     assert json.loads(capsys.readouterr().out) == {"s_tiny-qwen2-warm_k3_s1": "SKIPPED", "s_tiny-qwen2-warm_k5_s1": "PENDING"}
@@ -316,16 +320,17 @@ def test_runmeta_parsing():
 def test_a_run_directory_is_required(capsys, monkeypatch):
     monkeypatch.delenv("GXPO_LOG_DIR")
     with pytest.raises(SystemExit):
-        submit.main(["--name", "x", "--dry-run", "--", "method=grpo"])
+        submit.main(["--name", "x", "--dry-run", "--", "experiment=cpu_arithmetic", "method=grpo"])
     assert "--log-dir (or $GXPO_LOG_DIR) is required" in capsys.readouterr().err
     # an explicit checkpoint directory is enough
-    job = _dry(capsys, submit, ["--name", "x", "--dry-run", "--", "trainer.default_local_dir=/shared/x"])
+    job = _dry(capsys, submit, ["--name", "x", "--dry-run", "--", "experiment=cpu_arithmetic",
+                                "trainer.default_local_dir=/shared/x"])
     assert job["entrypoint"].count("default_local_dir") == 1
 
 
 def test_resubmitting_a_finished_run_gets_a_new_id_and_the_same_run_dir(capsys, tmp_path):
     client = FakeClient(existing={"run1"})
-    assert submit.main(["--name", "run1", "--log-dir", str(tmp_path), "--", "method=grpo"], client=client) == 0
+    assert submit.main(["--name", "run1", "--log-dir", str(tmp_path), "--", "experiment=cpu_arithmetic", "method=grpo"], client=client) == 0
     (kw,) = client.submitted
     assert kw["submission_id"].startswith("run1-") and kw["submission_id"] != "run1"
     assert f"trainer.default_local_dir={tmp_path.resolve() / 'run1'}" in kw["entrypoint"]
@@ -335,7 +340,7 @@ def test_resubmitting_a_finished_run_gets_a_new_id_and_the_same_run_dir(capsys, 
 def test_a_run_with_a_running_job_is_refused(capsys, tmp_path):
     run_dir = str(tmp_path.resolve() / "run1")
     client = FakeClient(active={"run1-20260101-000000": {"run_name": "run1", "run_dir": run_dir}})
-    assert submit.main(["--name", "run1", "--log-dir", str(tmp_path), "--", "method=grpo"], client=client) == 1
+    assert submit.main(["--name", "run1", "--log-dir", str(tmp_path), "--", "experiment=cpu_arithmetic", "method=grpo"], client=client) == 1
     assert not client.submitted
     assert "still has a pending or running job (run1-20260101-000000)" in capsys.readouterr().err
 
@@ -354,7 +359,7 @@ def test_sweep_names_carry_model_and_seed_so_two_models_do_not_collide(capsys):
 def test_sweep_refuses_colliding_names_before_submitting(capsys):
     client = FakeClient()
     with pytest.raises(SystemExit):
-        sweep.main(["--grid", "trainer.project_name=a/b,a-b", "--", "method=grpo"], client=client)
+        sweep.main(["--grid", "trainer.project_name=a/b,a-b", "--", "experiment=cpu_arithmetic", "method=grpo"], client=client)
     assert "run names collide" in capsys.readouterr().err and not client.submitted
 
 
@@ -370,8 +375,12 @@ def test_table1_grid_has_one_source():
     params = cfg.hydra.sweeper.params
     assert table1_grid.MODELS == params.base_model.split(",") == sweep.TABLE1_MODELS
     assert table1_grid.METHODS == params.method.split(",") == sweep.TABLE1_METHODS
-    assert sum(len(v) for v in table1_grid.PAPER_ROWS.values()) == 24
-    assert table1_grid.PAPER_ROWS["llama3.2-3b"] == ["grpo", "sfpo_k3", "sfpo_k5", "gxpo_k3", "gxpo_k5"]
+    assert sum(len(v) for v in table1_grid.TABLE1_ROWS.values()) == 24
+    assert table1_grid.TABLE1_ROWS["llama3.2-3b"] == ["grpo", "sfpo_k3", "sfpo_k5", "gxpo_k3", "gxpo_k5"]
+    # --paper-rows keeps what Table 2 reads too: Llama3.2-3B at K=10
+    assert sum(len(v) for v in table1_grid.PAPER_ROWS.values()) == 26
+    assert table1_grid.PAPER_ROWS["llama3.2-3b"] == table1_grid.METHODS
+    assert "gxpo_k10" not in table1_grid.PAPER_ROWS["qwen2.5-7b"]
 
 
 def test_runmeta_defaults_are_the_dataclass_defaults():
@@ -430,3 +439,117 @@ def test_unknown_preset_method_lists_the_conf_options(capsys):
         paper_table1.main(["--methods", "grpo,capo_k5", "--dry-run"])
     err = capsys.readouterr().err
     assert "capo_k5" in err and "capo_gxpo_k5" in err and "next" in err
+
+
+# ---------------------------------------------------------------------------------- issue 24 items
+def test_the_embedded_task_is_refused_on_a_cluster_unless_named(capsys):
+    """A cluster submission that forgot experiment= would run the toy under a paper-looking name."""
+    client = FakeClient()
+    with pytest.raises(SystemExit) as exc:
+        sweep.main(["--grid", "actor_rollout_ref.actor.gxpo.K=3,5", "--", "method=gxpo_k5"], client=client)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and client.submitted == []
+    assert "no experiment= given" in err and "experiment=paper_math" in err and "experiment=cpu_arithmetic" in err
+    assert sweep.main(["--grid", "actor_rollout_ref.actor.gxpo.K=3,5", "--", "experiment=cpu_arithmetic",
+                       "method=gxpo_k5"], client=client) == 0
+    assert len(client.submitted) == 2
+    capsys.readouterr()
+    # a GPU experiment passes (the Table 1 preset names one itself)
+    assert len(_dry(capsys, paper_table1, ["--models", "qwen2.5-1.5b", "--methods", "grpo", "--dry-run"])) == 1
+
+
+def test_tokenizers_parallelism_passes_through_but_tokens_do_not():
+    env = submit.passthrough_env({"TOKENIZERS_PARALLELISM": "false", "HF_TOKEN": "hf_x", "HF_HOME": "/h"})
+    assert env == {"TOKENIZERS_PARALLELISM": "false", "HF_HOME": "/h"}
+    job = submit.build_job("r", environ={"TOKENIZERS_PARALLELISM": "false"}, env={"HF_TOKEN": "hf_x"})
+    shown = submit.redacted(job)["runtime_env"]["env_vars"]
+    assert shown["TOKENIZERS_PARALLELISM"] == "false" and shown["HF_TOKEN"] == "***"
+
+
+def test_gated_llama_without_hf_token_gets_a_note(capsys, monkeypatch):
+    argv = ["--models", "llama3.2-3b", "--methods", "grpo", "--dry-run"]
+
+    def run(argv):
+        assert paper_table1.main(argv) == 0
+        out = capsys.readouterr()
+        return json.loads(out.out), out.err
+
+    _, err = run(argv)
+    assert "gated Llama 3.2" in err and "--env HF_TOKEN" in err
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    (job,), err = run(argv + ["--env", "HF_TOKEN"])
+    assert job["runtime_env"]["env_vars"]["HF_TOKEN"] == "***" and "gated" not in err
+    _, err = run(["--models", "qwen2.5-1.5b", "--methods", "grpo", "--dry-run"])
+    assert "gated" not in err
+
+
+def test_paper_table1_help_names_itself(capsys):
+    with pytest.raises(SystemExit):
+        paper_table1.main(["--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m launch.paper_table1") and "launch.sweep" not in out.splitlines()[0]
+    assert "waits for its GPUs" in " ".join(out.split())
+
+
+class FlakyClient(FakeClient):
+    """The Jobs API of a head whose job agent is still starting, then a 503, then fine."""
+
+    def __init__(self, failures):
+        super().__init__()
+        self.failures = list(failures)
+
+    def submit_job(self, **kw):
+        if self.failures:
+            raise self.failures.pop(0)
+        return super().submit_job(**kw)
+
+
+def test_transient_jobs_api_errors_are_retried_with_backoff(capsys, monkeypatch, tmp_path):
+    waits = []
+    monkeypatch.setattr(submit.time, "sleep", waits.append)
+    client = FlakyClient([RuntimeError("No available agent to submit job, please try again later."),
+                          RuntimeError("Request failed with status code 503: Service Unavailable.")])
+    assert submit.main(["--name", "run1", "--log-dir", str(tmp_path), "--", "experiment=cpu_arithmetic"],
+                       client=client) == 0
+    assert len(client.submitted) == 1 and waits == [1.0, 2.0]
+    assert "retry 1/7 in 1 s" in capsys.readouterr().err
+    # a bad request is not retried
+    client = FlakyClient([RuntimeError("Request failed with status code 400: bad runtime_env.")])
+    assert submit.main(["--name", "run2", "--log-dir", str(tmp_path), "--", "experiment=cpu_arithmetic"],
+                       client=client) == 1
+    assert "status code 400" in capsys.readouterr().err and waits == [1.0, 2.0]
+    # a cluster that stays unavailable: bounded tries, then the error says so
+    client = FlakyClient([RuntimeError("Request failed with status code 502: Bad Gateway.")] * 20)
+    assert submit.main(["--name", "run3", "--log-dir", str(tmp_path), "--", "experiment=cpu_arithmetic"],
+                       client=client) == 1
+    assert f"still failing after {submit.RETRY_TRIES} tries" in capsys.readouterr().err
+    assert waits[2:] == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+
+
+class LostAnswerClient(FakeClient):
+    """The first submission reaches the cluster but its answer is lost (a 502 from a proxy)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lost = True
+
+    def submit_job(self, **kw):
+        sid = super().submit_job(**kw)
+        if self.lost:
+            self.lost = False
+            raise RuntimeError("Request failed with status code 502: Bad Gateway.")
+        return sid
+
+    def get_job_info(self, sid):
+        import types
+
+        return types.SimpleNamespace(metadata=self.meta[sid])
+
+
+def test_a_retried_submission_that_had_reached_the_cluster_is_not_submitted_twice(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(submit.time, "sleep", lambda s: None)
+    client = LostAnswerClient()
+    assert submit.main(["--name", "run1", "--log-dir", str(tmp_path), "--", "experiment=cpu_arithmetic"],
+                       client=client) == 0
+    assert [kw["submission_id"] for kw in client.submitted] == ["run1"]
+    assert "submitted run1 " in capsys.readouterr().out

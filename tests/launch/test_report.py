@@ -439,3 +439,19 @@ def test_plot_axes_name_the_metric_and_seed_bands(tmp_path):
     label = report.metric_label("val-core/amc23/acc/pass@16", Options())
     assert label == "AMC23 pass@16 (%)"
     assert report.metric_label("val-core/math500/acc/mean@16", Options()) == "Math-500 pass@1 (%, mean of 16 samples)"
+
+
+def test_avg_is_over_exactly_the_configured_benchmarks_or_incomplete(tmp_path):
+    """A run that logged two of the five benchmarks has no "avg" (it used to be their mean)."""
+    _write_run(tmp_path / "a", _two_bench_rows(amc_until=100, last=100), CFG.format(total=100))
+    runs = report.load_runs([tmp_path])
+    (row,) = report.table1_rows(runs, at="final", opts=Options())  # the paper's five benchmarks
+    assert row.accuracy["math500"] == pytest.approx(0.40) and np.isnan(row.avg)
+    assert report.metric_series(runs[0], "avg", Options()).empty
+    res = report.build_report([tmp_path], tmp_path / "out", ["avg"], Options(), plots=False)
+    md = (tmp_path / "out" / "table1.md").read_text()
+    assert "| incomplete |" in md and "mean over exactly these 5 benchmarks" in md
+    assert np.isnan(res["table1"].iloc[0]["Avg."])
+    # with exactly these two benchmarks configured, the average is theirs
+    (row,) = report.table1_rows(runs, at="final", opts=Options(benchmarks=BENCH2))
+    assert row.avg == pytest.approx((0.40 + 0.20) / 2)

@@ -32,6 +32,7 @@ from verl_ext.rewards.guard import ZEROED_METRIC
 from . import checkpoint_files
 from .actor_worker import GXPOActorRolloutRefWorker
 from .preemption import FlagReader
+from .resource_queue import DEFAULT_WAIT_S, QueueingResourcePoolManager
 
 TRAINER_MODE = "gxpo_sync"  # the one name of this mode (recipe config, entry point, tests)
 _ACTOR_ROLES = (Role.Actor, Role.ActorRollout, Role.ActorRolloutRef)
@@ -248,6 +249,12 @@ class GXPOTrainerSync(PPOTrainerSync):
         for role in list(self.role_worker_mapping):
             if role in _ACTOR_ROLES:
                 self.role_worker_mapping[role] = ray.remote(GXPOActorRolloutRefWorker)
+        # wait for GPUs other jobs hold instead of failing (verl_ext/workers/resource_queue.py)
+        from verl.plugin.platform import get_platform
+
+        self.resource_pool_manager = QueueingResourcePoolManager.from_manager(
+            self.resource_pool_manager, resource_name=get_platform().ray_resource_name(),
+            wait_s=float(self.config.trainer.get("resource_wait_s", DEFAULT_WAIT_S)))
 
 
 def _read_bytes(path: str):
