@@ -222,6 +222,8 @@ def prepare_outputs(config: DictConfig) -> str:
                 env_vars["WANDB_DIR"] = run_dir
             if not os.environ.get("WANDB_MODE") and "WANDB_MODE" not in env_vars:
                 env_vars["WANDB_MODE"] = "offline"
+        if "tensorboard" in config.trainer.logger and not (os.environ.get("TENSORBOARD_DIR") or "TENSORBOARD_DIR" in env_vars):
+            env_vars["TENSORBOARD_DIR"] = os.path.join(run_dir, "tensorboard")  # verl's default is cwd-relative
     os.makedirs(os.path.dirname(os.path.abspath(metrics)), exist_ok=True)
     _warn_if_in_job_copy({"trainer.default_local_dir": run_dir, "metrics file": metrics,
                           "WANDB_DIR": env_vars.get("WANDB_DIR") or os.environ.get("WANDB_DIR")})

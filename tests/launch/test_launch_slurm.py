@@ -247,6 +247,10 @@ def test_dockerfile_and_ignore():
     assert lines[0].startswith("ARG BASE_IMAGE=verlai/verl:vllm024") and lines[1] == "FROM ${BASE_IMAGE}"
     assert "pip install --no-deps -e" in text and "WANDB_MODE=offline" in text and "HF_HOME=" in text
     assert '"verl[verl-core]==${VERL_VERSION}"' in text and "ARG VERL_VERSION=0.9.1" in text
+    # the docker run example keeps data and run outputs outside the container
+    example = " ".join(l.lstrip("# ").rstrip("\\ ") for l in text.splitlines()[:12] if l.startswith("#"))
+    assert "-v $HOME/data/gxpo_math:/root/data/gxpo_math" in example and "-v /shared/gxpo-runs:/workspace/runs" in example
+    assert "trainer.default_local_dir=/workspace/runs/" in example
     ignore = (ROOT / ".dockerignore").read_text().split()
     for entry in (".git", ".venv", "outputs", "checkpoints", "wandb"):
         assert entry in ignore
