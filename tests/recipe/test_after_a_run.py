@@ -66,14 +66,19 @@ def test_export_to_hf_and_val_only(embedded_assets_dir, tmp_path):
     _py(["-m", "verl.model_merger", "merge", "--backend", "fsdp", "--local_dir", actor, "--target_dir", hf])
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(hf, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(hf)
     warm = glob.glob(os.path.join(embedded, "*", "tiny-qwen2-warm"))
     assert len(warm) == 1, warm
-    base = AutoModelForCausalLM.from_pretrained(warm[0], torch_dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(warm[0], dtype=torch.float32)
     trained, start = dict(model.named_parameters()), dict(base.named_parameters())
     assert trained.keys() == start.keys()
     assert any(not torch.equal(trained[k], start[k]) for k in trained)  # the RL step's weights, not the warm start
+    # launch.budget's checkpoint size (fp32 weights + two fp32 AdamW moments = 12 bytes per parameter)
+    n = sum(p.numel() for p in model.parameters())
+    shards = sum(os.path.getsize(f) for f in glob.glob(os.path.join(actor, "*_world_size_*_rank_*.pt"))
+                 if os.path.basename(f).startswith(("model_", "optim_")))
+    assert 12 * n <= shards <= 12 * n * 1.1, (n, shards)
     ids = tok("What is 12+34?", return_tensors="pt").input_ids
     assert model.generate(ids, max_new_tokens=4, do_sample=False).shape[1] > ids.shape[1]
 
