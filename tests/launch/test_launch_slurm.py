@@ -175,6 +175,17 @@ def test_gpu_counts_must_agree(fake_slurm):
     assert proc.returncode == 0 and "warning: the runs ask trainer.n_gpus_per_node=8" in _job_log(tmp)
 
 
+def test_check_only_before_submitting(fake_slurm):
+    """CHECK_ONLY=1 runs the GPU check on the submitting machine: no SLURM, no Ray, no log file."""
+    tmp, env, _ = fake_slurm
+    env = {k: v for k, v in env.items() if not k.startswith("SLURM_")}
+    proc = _run(dict(env, CHECK_ONLY="1", GPUS_PER_NODE="8", PRESET_GPUS="4"), "submit", "--name", "r1")
+    assert proc.returncode == 2 and "the runs ask trainer.n_gpus_per_node=4 but Ray gets 8" in proc.stderr
+    proc = _run(dict(env, CHECK_ONLY="1", GPUS_PER_NODE="4", PRESET_GPUS="4"), "submit", "--name", "r1")
+    assert proc.returncode == 0 and "check passed" in proc.stdout, proc.stderr
+    assert not (tmp / "ray.pids").exists() and not (tmp / "runs").exists()
+
+
 def test_sigterm_stops_the_runs_and_requeues(fake_slurm):
     """SLURM's --signal=B:TERM reaches the batch shell: the Ray jobs are stopped (grace to save), the
     launcher ends, the job is requeued and exits 75."""
