@@ -107,7 +107,7 @@ def test_sbatch_run_then_preempt_requeue_resume(slurm, embedded_assets_dir, tmp_
     job = _sbatch(env, "--nodes=1", "--gpus-per-node=0", SCRIPT, "submit", "--name", "emb2", "--",
                   "experiment=cpu_arithmetic", "trainer.total_training_steps=2", *short)
     log = os.path.join(logs, "slurm", f"gxpo-ray-{job}.out")
-    assert _wait_done(env, job, log, 900) == "COMPLETED", _tail(log)
+    assert _wait_done(env, job, log, 1500) == "COMPLETED", _tail(log)  # may build the embedded assets first
     text = open(log).read()
     assert "job agent and the Jobs API" in text and "launcher exited with 0" in text, text[-4000:]
     (m,) = _metrics_by_launch(os.path.join(logs, "emb2"))
