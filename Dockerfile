@@ -1,8 +1,17 @@
 # GXPO recipe on verl 0.9.1 (GPU image).
 #
 #   docker build -t gxpo:latest .
-#   docker run --gpus all --shm-size=16g --network=host -v $HF_HOME:/root/.cache/huggingface gxpo:latest \
-#       python -m recipe.gxpo.main_gxpo experiment=paper_math base_model=qwen2.5-1.5b method=gxpo_k5
+#   docker run --gpus all --shm-size=16g --network=host \
+#       -v $HF_HOME:/root/.cache/huggingface \
+#       -v $HOME/data/gxpo_math:/root/data/gxpo_math:ro \
+#       -v /shared/gxpo-runs:/workspace/runs \
+#       gxpo:latest \
+#       python -m recipe.gxpo.main_gxpo experiment=paper_math base_model=qwen2.5-1.5b method=gxpo_k5 \
+#           trainer.default_local_dir=/workspace/runs/qwen_gxpo_k5
+#
+# The mounts: the model cache; the parquet files of `python -m verl_ext.data.prepare_math` (paper_math
+# reads $HOME/data/gxpo_math, /root/data/gxpo_math here); and the run directory on the host, so the
+# checkpoints, metrics and wandb files outlive the container (rerunning the same command resumes).
 #
 # Base: verl's published vLLM application image. verl 0.9.1's `vllm` extra pins vllm==0.24.0,
 # torch==2.11.0 (CUDA 13.0) and transformers==5.9.0; `vllm024` is verl's image line for exactly that

@@ -85,6 +85,8 @@ def validate_update_rule(config: DictConfig):
     mode = config.trainer.v1.trainer_mode
     if mode != _trainer_mode():
         raise ConfigError("trainer.v1.trainer_mode", mode, f"'{_trainer_mode()}' (verl's sync trainer with the GXPO actor)")
+    if config.trainer.get("val_only") and not config.trainer.get("val_before_train", True):  # verl would train
+        raise ConfigError("trainer.val_before_train", False, "true with trainer.val_only=true (verl evaluates in its step-0 pass only)")
     return actor_cfg
 
 
@@ -239,6 +241,8 @@ def prepare_outputs(config: DictConfig) -> str:
                 env_vars["WANDB_DIR"] = run_dir
             if not os.environ.get("WANDB_MODE") and "WANDB_MODE" not in env_vars:
                 env_vars["WANDB_MODE"] = "offline"
+        if "tensorboard" in config.trainer.logger and not (os.environ.get("TENSORBOARD_DIR") or "TENSORBOARD_DIR" in env_vars):
+            env_vars["TENSORBOARD_DIR"] = os.path.join(run_dir, "tensorboard")  # verl's default is cwd-relative
     os.makedirs(os.path.dirname(os.path.abspath(metrics)), exist_ok=True)
     _warn_if_in_job_copy({"trainer.default_local_dir": run_dir, "metrics file": metrics,
                           "WANDB_DIR": env_vars.get("WANDB_DIR") or os.environ.get("WANDB_DIR")})
@@ -263,7 +267,7 @@ def _warn_if_in_job_copy(paths: dict) -> list[str]:
 def finished_run_note(config: DictConfig) -> str | None:
     """With ``resume_mode=auto``, a run directory whose latest checkpoint already reached
     ``total_training_steps`` has nothing left to train: say so instead of starting Ray for nothing."""
-    if config.trainer.get("resume_mode") != "auto":
+    if config.trainer.get("resume_mode") != "auto" or config.trainer.get("val_only"):  # val_only trains nothing
         return None
     total = config.trainer.get("total_training_steps")
     ckpt_dir = str(config.trainer.default_local_dir)
