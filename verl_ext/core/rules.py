@@ -401,7 +401,7 @@ class GXPORule(_GatedRule):
         self.fallback_steps = 0
         self.n_steps = 0
         self._step_signals: list[float] = []
-        self._host_cache: Optional[list[torch.Tensor]] = None  # pinned host buffers are kept between updates
+        self._host_cache: Optional[list[torch.Tensor]] = None  # host buffers are kept between updates
         if self.decide.rank == 0:
             print(f"[gxpo] resolved config: {json.dumps(c.resolved(), sort_keys=True)} clip_grad={self.clip_grad}", flush=True)
 
@@ -411,11 +411,14 @@ class GXPORule(_GatedRule):
 
     def _alloc(self, locs: Sequence[torch.Tensor]) -> list[list[torch.Tensor]]:
         nbuf = self._n_buffers()
-        if not self.config.host_buffers:
+        on_cpu = locs[0].device.type == "cpu"
+        if not self.config.host_buffers and not on_cpu:  # the device's caching allocator reuses the memory
             return [[torch.empty_like(p) for p in locs] for _ in range(nbuf)]
+        # host memory (host_buffers, or parameters on the CPU): kept between updates, since a fresh
+        # allocation of this size is fresh pages from the OS every update (a page fault per 4 KiB)
         shapes = [(p.shape, p.dtype) for p in locs] * nbuf
         if self._host_cache is None or [(t.shape, t.dtype) for t in self._host_cache] != shapes:
-            pin = torch.cuda.is_available()
+            pin = torch.cuda.is_available() and not on_cpu
             self._host_cache = [torch.empty(s, dtype=d, device="cpu", pin_memory=pin) for s, d in shapes]
         n = len(locs)
         return [self._host_cache[i * n:(i + 1) * n] for i in range(nbuf)]
