@@ -1,4 +1,4 @@
-"""The three update rules (GXPO_SPEC.md sections 3-5, 7-10) behind one closure-style interface.
+"""The three update rules (docs/algorithm.md#active-update, #shutoff-gate, #sfpo, #faults, #metrics, #budget, #variants) behind one closure-style interface.
 
 An update rule is applied to ONE fixed mini-batch, like ``torch.optim.Optimizer.step(closure)``::
 
@@ -257,7 +257,7 @@ class _GatedRule(UpdateRule):
 
 
 class SFPORule(_GatedRule):
-    """Slow-Fast PO (spec section 5): N fast steps, reposition ``theta0 + alpha (theta_N - theta0)``, one slow step.
+    """Slow-Fast PO (docs/algorithm.md#sfpo): N fast steps, reposition ``theta0 + alpha (theta_N - theta0)``, one slow step.
 
     Per mini-batch, like GXPO (the published SFPO code made each fast step a pass over all
     mini-batches; here both rules work per mini-batch so they are compared on equal terms).
@@ -357,11 +357,14 @@ class _Probe:
 
 
 class GXPORule(_GatedRule):
-    """GXPO (spec sections 3, 10): two probes, per-coordinate geometric extrapolation, reposition, corrective step.
+    """GXPO (docs/algorithm.md#active-update, #variants): two probes, per-coordinate geometric extrapolation, reposition, corrective step.
 
-    The update composes small pieces, one per axis of spec section 10: the ratio source
+    The update composes small pieces, one per axis of docs/algorithm.md#variants: the ratio source
     (:mod:`.ratio_source`), the active set, ratio and scale clamps (:mod:`.extrapolation`), the
     optimizer-state and failure policies (:mod:`.policies`) and the gate statistic (:mod:`.gate`).
+    The per-coordinate arithmetic runs in :mod:`.kernels` (one fused pass per chunk; compiled where
+    a compiler is present); every reduction of a phase reaches the host in one transfer, so an
+    active update makes a constant handful of host syncs whatever the number of tensors.
 
     Memory: ``carry`` with ``raw``/``clipped`` ratios needs two buffers the size of the local
     trainable shard (theta0 and g0), optionally in host memory; the scale s is formed in ``.grad``
@@ -708,7 +711,7 @@ class GXPORule(_GatedRule):
         return torch.nanmedian(self.comm.all_gather_cat(buf))
 
     def _diagnose(self, compute_grads, optimizer_step, hooks, locs, theta0, dev, nb):
-        """Opt-in: compare theta_hat_K and theta_tilde with K true optimizer steps from theta0 (spec section 8).
+        """Opt-in: compare theta_hat_K and theta_tilde with K true optimizer steps from theta0 (docs/algorithm.md#metrics).
 
         The K true steps start from theta0 AND the optimizer state as it was at theta0 (snapshotted
         before probe 1 on diagnostic updates). Costs K extra passes, one parameter copy and one more
