@@ -136,6 +136,15 @@ def _dots(g, b) -> torch.Tensor:
     return torch.stack([(g * b).sum(dtype=F64), g.to(F64).square().sum(), b.to(F64).square().sum()])
 
 
+def _adam_directions(out, p, a, e, kl) -> None:
+    """``ratio_source: adam_direction`` in one pass: ``out <- (keep theta1 - theta2) / lr`` (d1, into .grad)
+    and ``e <- (keep theta0 - theta1) / lr`` (d0, over the theta1 buffer); ``kl = [keep, lr]``."""
+    ct = kl.dtype
+    ef = e.to(ct)
+    out.copy_((ef * kl[0] - p.to(ct)) / kl[1])
+    e.copy_((a.to(ct) * kl[0] - ef) / kl[1])
+
+
 def _finite_sumsq(x) -> torch.Tensor:
     """Sum of squares with non-finite entries counted as 0 (the relative-RMS active threshold)."""
     x = x.to(compute_dtype(x.dtype))
@@ -190,6 +199,7 @@ ratio_scale_ = Kernel(_ratio_scale)
 reposition_ = Kernel(_reposition)
 dots = Kernel(_dots)
 finite_sumsq = Kernel(_finite_sumsq)
+adam_directions_ = Kernel(_adam_directions)
 
 
 def device_vector(values, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
