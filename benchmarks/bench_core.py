@@ -9,13 +9,21 @@ are printed separately: the parameter-sized snapshot buffers (two for ``carry``;
 ``adam_direction``) and, for ``transactional``, the optimizer-state snapshot (AdamW: two moments
 per parameter plus step counts).
 
-    python benchmarks/bench_core.py [--width 1024 --depth 4 --batches 512,4096 --repeats 5]
+It also prints the rule's own work against a memory floor: the time of 12 parameter-sized passes
+(4 ``torch.add`` over flat buffers of the same size), measured in the same run with the rules'
+repeats interleaved round-robin; one process per thread count (``--threads 1,0``: one and all).
+
+    python benchmarks/bench_core.py [--width 2048 --depth 3 --batches 256 --repeats 5 --threads 1,0]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import torch
@@ -73,7 +81,19 @@ def timed_closures(model, opt, x, y, acc):
     return compute_grads, optimizer_step
 
 
-def measure(rule_name, width, depth, batch, repeats, dev, host_buffers=False):
+PASSES = {  # parameter-sized memory passes of the rule's own work per active update (reads + writes)
+    "gxpo": 14,  # theta0 copy 2, g0 snapshot 2, post-step grad norm 1, ratio->scale 3, reposition 4, corrective dots 2
+    "gxpo_authors": 14,
+    "gxpo_authors_tx": 14 + 8,  # + optimizer-state snapshot (two moments: read 2, write 2) and restore (4)
+    "gxpo_adam_dir": 2 + 2 + 2 + 5 + 3 + 4 + 2,  # + theta1 copy 2, the direction kernel 5 (no post-step norm)
+    "sfpo": 2 + 4,  # theta0 copy 2, reposition 4
+    "grpo": 0,
+}
+FLOOR_PASSES = 12
+
+
+def setup(rule_name, width, depth, batch, dev, host_buffers=False):
+    """A model, optimizer and rule; returns ``once()`` -> (update s, rule's own s, one pass s) and its sizes."""
     model = build(width, depth, dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(batch, width, device=dev)
@@ -88,9 +108,8 @@ def measure(rule_name, width, depth, batch, repeats, dev, host_buffers=False):
         rule = GRPORule(model.parameters())
     acc = {"pass": [], "opt": []}
     cg, st = timed_closures(model, opt, x, y, acc)
-    rule.step(cg, st, optimizer_state=hooks)  # warm-up (allocator, kernels)
-    own, total, passes = [], [], []
-    for _ in range(repeats):
+
+    def once():
         acc["pass"].clear()
         acc["opt"].clear()
         sync(dev)
@@ -98,50 +117,102 @@ def measure(rule_name, width, depth, batch, repeats, dev, host_buffers=False):
         rule.step(cg, st, optimizer_state=hooks)
         sync(dev)
         dt = time.perf_counter() - t
-        total.append(dt)
-        own.append(dt - sum(acc["pass"]) - sum(acc["opt"]))
-        passes.append(statistics.median(acc["pass"]))
+        return dt, dt - sum(acc["pass"]) - sum(acc["opt"]), statistics.median(acc["pass"])
+
+    once()  # warm-up (allocator, Adam state, kernel compilation)
+    once()
     n_params = sum(p.numel() for p in model.parameters())
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     extra = rule.buffer_bytes() if isinstance(rule, GXPORule) else (param_bytes if isinstance(rule, SFPORule) else 0)
     state_extra = 0
     if isinstance(rule, GXPORule) and rule.config.optimizer_state == "transactional":
         state_extra = snapshot_bytes(hooks.save())
-    return {
-        "rule": rule_name, "batch": batch, "params": n_params, "pass_s": statistics.median(passes),
-        "own_s": statistics.median(own), "total_s": statistics.median(total), "extra_bytes": extra,
-        "state_bytes": state_extra, "param_bytes": param_bytes,
-    }
+    info = {"rule": rule_name, "batch": batch, "params": n_params, "extra_bytes": extra, "state_bytes": state_extra,
+            "param_bytes": param_bytes}
+    return once, info
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--width", type=int, default=1024)
-    ap.add_argument("--depth", type=int, default=4)
-    ap.add_argument("--batches", default="512,4096")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = ap.parse_args()
-    dev = torch.device(args.device)
-    print(f"device={dev} torch={torch.__version__} threads={torch.get_num_threads()} width={args.width} depth={args.depth}")
-    print(f"{'rule':16} {'batch':>6} {'params':>10} {'1 pass ms':>10} {'rule own ms':>12} {'own/pass':>9} "
-          f"{'update ms':>10} {'x grpo':>7} {'extra/params':>13} {'buffer bytes':>13} {'opt-state bytes':>16}")
+def floor_once(n: int, dev):
+    """Time of ``FLOOR_PASSES`` parameter-sized passes: FLOOR_PASSES / 3 ``torch.add`` over flat buffers."""
+    a, b, c = (torch.randn(n, device=dev) for _ in range(3))
+
+    def once():
+        sync(dev)
+        t = time.perf_counter()
+        for _ in range(FLOOR_PASSES // 3):
+            torch.add(a, b, out=c)
+        sync(dev)
+        return time.perf_counter() - t
+
+    once()
+    return once
+
+
+def run(args, dev):
+    kernels = os.environ.get("GXPO_KERNELS", "auto")
+    print(f"device={dev} torch={torch.__version__} threads={torch.get_num_threads()} width={args.width} "
+          f"depth={args.depth} GXPO_KERNELS={kernels} repeats={args.repeats} (interleaved; medians)")
+    print(f"{'rule':16} {'batch':>6} {'params':>10} {'1 pass ms':>10} {'own ms':>8} {'floor ms':>9} {'own/floor':>10} "
+          f"{'x paper':>8} {'own passes':>11} {'update ms':>10} {'x grpo':>7} {'extra/params':>13}")
     for b in (int(v) for v in args.batches.split(",")):
-        rows = [measure(r, args.width, args.depth, b, args.repeats, dev) for r in ("grpo", "sfpo", *GXPO_OPTIONS)]
-        base = rows[0]["total_s"]
-        for r in rows:
-            print(f"{r['rule']:16} {r['batch']:>6} {r['params']:>10} {1e3 * r['pass_s']:>10.2f} {1e3 * r['own_s']:>12.2f} "
-                  f"{r['own_s'] / r['pass_s']:>9.3f} {1e3 * r['total_s']:>10.2f} {r['total_s'] / base:>7.2f} "
-                  f"{(r['extra_bytes'] + r['state_bytes']) / r['param_bytes']:>13.2f} {r['extra_bytes']:>13} "
-                  f"{r['state_bytes']:>16}")
+        names = ("grpo", "sfpo", *GXPO_OPTIONS)
+        runs = {r: setup(r, args.width, args.depth, b, dev) for r in names}
+        floor = floor_once(runs["grpo"][1]["params"], dev)
+        res = {r: [] for r in names}
+        floors = []
+        for _ in range(args.repeats):  # round-robin: drift in machine load hits every rule alike
+            for r in names:
+                res[r].append(runs[r][0]())
+                floors.append(floor())
+        fl = statistics.median(floors)
+        med = {r: [statistics.median(x[i] for x in res[r]) for i in range(3)] for r in names}
+        for r in names:
+            info = runs[r][1]
+            total, own, one = med[r]
+            own = max(own, 0.0) if r != "grpo" else 0.0
+            print(f"{r:16} {b:>6} {info['params']:>10} {1e3 * one:>10.2f} {1e3 * own:>8.2f} {1e3 * fl:>9.2f} "
+                  f"{own / fl:>10.2f} {own / med['gxpo'][1]:>8.2f} {PASSES[r]:>11} {1e3 * total:>10.2f} "
+                  f"{total / med['grpo'][0]:>7.2f} {(info['extra_bytes'] + info['state_bytes']) / info['param_bytes']:>13.2f}")
         if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
             for hb in (False, True):
                 torch.cuda.empty_cache()
                 before = torch.cuda.memory_allocated()
                 torch.cuda.reset_peak_memory_stats()
-                r = measure("gxpo", args.width, args.depth, b, 2, dev, host_buffers=hb)
+                once, _ = setup("gxpo", args.width, args.depth, b, dev, host_buffers=hb)
+                once()
                 print(f"  gxpo host_buffers={hb}: peak device bytes above start {torch.cuda.max_memory_allocated() - before}")
+    print(f"  own = the rule's work per active update (update minus its passes and optimizer steps); floor = "
+          f"{FLOOR_PASSES} parameter-sized memory passes ({FLOOR_PASSES // 3} torch.add); own passes = the "
+          f"parameter-sized reads + writes the rule makes; goal: gxpo own/floor <= 1.5, gxpo_authors x paper <= 1.2")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--width", type=int, default=2048)
+    ap.add_argument("--depth", type=int, default=3)
+    ap.add_argument("--batches", default="256")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", default="1,0", help="torch threads, comma-separated (0: all); each in its own process")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+    dev = torch.device(args.device)
+    threads = [int(t) for t in args.threads.split(",")]
+    if len(threads) == 1:
+        if threads[0]:
+            torch.set_num_threads(threads[0])
+        run(args, dev)
+        return
+    for t in threads:  # a fresh process per thread count: compiled CPU kernels fix their thread count when built
+        env = dict(os.environ)
+        env.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"gxpo_bench_inductor_t{t}"))
+        env["TORCHINDUCTOR_CACHE_DIR"] += f"_t{t}" if not env["TORCHINDUCTOR_CACHE_DIR"].endswith(f"_t{t}") else ""
+        argv = [a for a in sys.argv[1:]]
+        if "--threads" in argv:
+            k = argv.index("--threads")
+            del argv[k:k + 2]
+        argv = [a for a in argv if not a.startswith("--threads=")]
+        subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--threads", str(t)], env=env, check=True)
+        print()
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ Asserts nothing: the numbers are printed for a person (or a test) to read.
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import os
 import socket
@@ -45,9 +46,11 @@ if os.path.dirname(HERE) not in sys.path:  # run from a checkout without install
     sys.path.insert(0, os.path.dirname(HERE))
 
 from verl_ext.core import build_update_rule  # noqa: E402  (pure torch)
+from verl_ext.testing.sync_count import SyncCounter  # noqa: E402  (pure torch)
 
 GOAL_TIME_RATIO = 3.05
 GOAL_EXTRA_COPIES = 2.0
+GOAL_HOST_BUFFERS = 1.10  # host_buffers: its copies overlap compute, so <= 1.10x the device-buffer GXPO time
 
 # Qwen2.5-1.5B (its config.json) and a tiny model of the same family for CPU runs
 SIZES = {
@@ -209,46 +212,81 @@ def make_rule(label: str, engine: Engine, clip_grad: float):
     return build_update_rule(name, engine.params, clip_grad=clip_grad, **kw)
 
 
-def prepare(args, param_dtype, fp16: bool, seed_batch: Batch | None = None):
+def prepare(args, param_dtype, fp16: bool, seed_batch: Batch | None = None, batch: int | None = None):
     model = build_model(args.size, args.device, param_dtype, args.seed)
-    b = seed_batch or make_batch(SIZES[args.size]["vocab_size"], args.batch, args.seq, args.response, args.device, args.seed)
+    b = seed_batch or make_batch(SIZES[args.size]["vocab_size"], batch or args.batch[0], args.seq, args.response,
+                                 args.device, args.seed)
     eng = Engine(model, b, args.micro_batches, args.lr, args.clip_grad, fp16)  # captures the sharded parameters
     if b.old_log_probs is None:  # at the first model's weights (every run starts from the same ones)
         eng.refresh_old_log_probs()
     return model, b, eng
 
 
-def time_rules(args) -> dict:
-    out = {}
+def release(device: str, *objs) -> None:
+    """Free a model before the next one: FSDP2 modules, their hooks and the optimizer sit in reference
+    cycles, so ``del`` alone frees nothing; drop the big references, collect, and return the cache."""
+    for o in objs:
+        if isinstance(o, Engine):
+            o.optimizer.state.clear()
+            o.optimizer.param_groups.clear()
+            o.params = []
+            o.model = None
+        elif isinstance(o, torch.nn.Module):
+            for prm in o.parameters():
+                prm.grad = None
+    del objs
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
+def count_syncs(rule, eng: Engine) -> int:
+    """Host syncs the rule itself makes in one update (the engine's closures are not counted)."""
+    eng.refresh_old_log_probs()
+    with SyncCounter() as c:
+        rule.step(c.closure(eng.compute_grads), c.closure(eng.optimizer_step))
+    return c.count
+
+
+def time_rules(args, batch: int) -> dict:
+    """One model; every rule drives it in turn, repeats interleaved round-robin (machine drift hits all alike)."""
     dtype = DTYPES[args.dtype]
-    batch = None
-    for label in RULES:
-        model, batch, eng = prepare(args, dtype, args.dtype == "fp16", batch)
-        rule = make_rule(label, eng, args.clip_grad)
-        rule.step(eng.compute_grads, eng.optimizer_step)  # warm-up: Adam state, kernels, host buffers
-        times, peaks, p0 = [], [], eng.passes
-        for _ in range(args.repeats):
+    model, b, eng = prepare(args, dtype, args.dtype == "fp16", batch=batch)
+    rules = {label: make_rule(label, eng, args.clip_grad) for label in RULES}
+    for rule in rules.values():  # warm-up: Adam state, kernels (compiled once), pinned host buffers
+        rule.step(eng.compute_grads, eng.optimizer_step)
+    times = {k: [] for k in rules}
+    peaks = {k: [] for k in rules}
+    passes = {k: 0 for k in rules}
+    for _ in range(args.repeats):
+        for label, rule in rules.items():
             eng.refresh_old_log_probs()  # each update sees a fresh batch's ratio (not timed, like verl's log-prob stage)
             sync(args.device)
             if args.device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
+            p0 = eng.passes
             t = time.perf_counter()
             rule.step(eng.compute_grads, eng.optimizer_step)
             sync(args.device)
-            times.append(time.perf_counter() - t)
+            times[label].append(time.perf_counter() - t)
+            passes[label] += eng.passes - p0
             if args.device == "cuda":
-                peaks.append(torch.cuda.max_memory_allocated())
-        param_bytes = sum(p.to_local().numel() * p.to_local().element_size() if hasattr(p, "to_local") else
-                          p.numel() * p.element_size() for p in eng.params)
+                peaks[label].append(torch.cuda.max_memory_allocated())
+    param_bytes = sum(p.to_local().numel() * p.to_local().element_size() if hasattr(p, "to_local") else
+                      p.numel() * p.element_size() for p in eng.params)
+    out = {}
+    for label, rule in rules.items():
         out[label] = dict(
-            seconds=statistics.median(times), passes=(eng.passes - p0) / args.repeats, param_bytes=param_bytes,
-            peak=max(peaks) if peaks else None,
+            seconds=statistics.median(times[label]), passes=passes[label] / args.repeats, param_bytes=param_bytes,
+            peak=max(peaks[label]) if peaks[label] else None, syncs=count_syncs(rule, eng),
+            tokens=int(b.input_ids.numel()),
             buffer_bytes=(0 if getattr(rule.config, "host_buffers", False) else rule.buffer_bytes())
             if hasattr(rule, "buffer_bytes") else 0,
         )
-        del rule, eng, model
-        if args.device == "cuda":
-            torch.cuda.empty_cache()
+    release(args.device, eng, model)
+    del rules, eng, model
+    release(args.device)
     return out
 
 
@@ -257,49 +295,80 @@ RATIO_STATS = ("retention_ratio_mean", "retention_ratio_median", "scale_mean", "
 
 
 def precision_stats(args) -> dict:
-    """One active GXPO update per (variant, dtype) from the same weights and batch."""
+    """One active GXPO update per (variant, dtype) from the same weights and batch.
+
+    fp16: the grad scaler is warmed first (plain steps at a copy of the weights are not wanted, so the
+    warm-up only runs backward passes and lets the scaler back off until the gradient is finite), and
+    an update whose probe overflowed anyway is retried (up to 3 times) after the scaler backed off.
+    """
     out = {}
     for variant in ("paper_text", "authors"):
         batch = None
         for dname in ("fp32", "bf16", "fp16"):
             model, batch, eng = prepare(args, DTYPES[dname], dname == "fp16", batch)
+            if eng.scaler is not None:
+                warm_scaler(eng)
             rule = build_update_rule("gxpo", eng.params, gxpo=dict(variant=variant, shutoff="never"),
                                      clip_grad=args.clip_grad)
-            m = rule.step(eng.compute_grads, eng.optimizer_step)
+            m = {}
+            for _ in range(3):
+                m = rule.step(eng.compute_grads, eng.optimizer_step)
+                if math.isfinite(m.get("gxpo/retention_ratio_mean", float("nan"))):
+                    break
             out[(variant, dname)] = {k: m.get(f"gxpo/{k}", float("nan")) for k in RATIO_STATS}
+            release(args.device, eng, model)
             del rule, eng, model
-            if args.device == "cuda":
-                torch.cuda.empty_cache()
+            release(args.device)
     return out
 
 
-def print_tables(args, timing: dict, prec: dict) -> None:
+def warm_scaler(eng: Engine, tries: int = 24) -> None:
+    """Back the fp16 loss scale off until a backward pass at the current weights is finite (no optimizer step)."""
+    for _ in range(tries):
+        eng.compute_grads("warmup")
+        eng.passes -= 1
+        finite = all(bool(torch.isfinite(p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad).all())
+                     for p in eng.params if p.grad is not None)
+        eng.optimizer.zero_grad()
+        if finite:
+            return
+        eng.scaler.update(eng.scaler.get_scale() * eng.scaler.get_backoff_factor())
+
+
+def print_tables(args, timings: dict, prec: dict) -> None:
     dev = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    n_params = timing["grpo"]["param_bytes"] // 4
+    first = next(iter(timings.values()))
+    n_params = first["grpo"]["param_bytes"] // 4
     print(f"device={dev} size={args.size} trainable params={n_params / 1e6:.1f}M dtype={args.dtype} "
-          f"batch={args.batch}x{args.seq} tokens (response<={args.response}, {args.micro_batches} micro-batches) "
-          f"repeats={args.repeats}")
+          f"seq={args.seq} (response<={args.response}, {args.micro_batches} micro-batches) repeats={args.repeats} "
+          f"(interleaved; medians)")
     print()
-    print("1-2. time and memory per update (GXPO/SFPO always active)")
-    head = f"{'rule':30} {'s/update':>9} {'x grpo':>7} {'passes':>7} {'peak GB':>8} {'extra copies':>13} {'goal':>16}"
-    print(head)
-    base = timing["grpo"]
-    for label, r in timing.items():
-        ratio = r["seconds"] / base["seconds"]
-        if r["peak"] is not None:
-            extra = (r["peak"] - base["peak"]) / r["param_bytes"]
-            peak = f"{r['peak'] / 2**30:8.2f}"
-            extra_s = f"{extra:13.2f}"
-        else:  # CPU: torch keeps no allocator statistics; the rule's own persistent buffers
-            peak = f"{'n/a':>8}"
-            extra_s = f"{r['buffer_bytes'] / r['param_bytes']:12.2f}*"
-        goal = ""
-        if label.startswith("gxpo"):
-            copies = 0.0 if "host_buffers" in label else GOAL_EXTRA_COPIES
-            goal = f"<={GOAL_TIME_RATIO}x, {copies:.0f} copies"
-        print(f"{label:30} {r['seconds']:9.3f} {ratio:7.2f} {r['passes']:7.1f} {peak} {extra_s} {goal:>16}")
-    if base["peak"] is None:
+    print("1-2. time, memory and host syncs per update (GXPO/SFPO always active)")
+    print(f"{'rule':30} {'tokens':>7} {'s/update':>9} {'x grpo':>7} {'passes':>7} {'peak GB':>8} {'extra copies':>13} "
+          f"{'syncs':>6} {'goal':>26}")
+    for batch, timing in timings.items():
+        base = timing["grpo"]
+        for label, r in timing.items():
+            ratio = r["seconds"] / base["seconds"]
+            if r["peak"] is not None:
+                extra = (r["peak"] - base["peak"]) / r["param_bytes"]
+                peak = f"{r['peak'] / 2**30:8.2f}"
+                extra_s = f"{extra:13.2f}"
+            else:  # CPU: torch keeps no allocator statistics; the rule's own persistent buffers
+                peak = f"{'n/a':>8}"
+                extra_s = f"{r['buffer_bytes'] / r['param_bytes']:12.2f}*"
+            goal = ""
+            if "host_buffers" in label:
+                goal = f"<={GOAL_HOST_BUFFERS}x gxpo, 0 copies"
+                ratio_hb = r["seconds"] / timing["gxpo paper_text"]["seconds"]
+                goal += f" ({ratio_hb:.2f}x)"
+            elif label.startswith("gxpo"):
+                goal = f"<={GOAL_TIME_RATIO}x, {GOAL_EXTRA_COPIES:.0f} copies"
+            print(f"{label:30} {r['tokens']:>7} {r['seconds']:9.3f} {ratio:7.2f} {r['passes']:7.1f} {peak} {extra_s} "
+                  f"{r['syncs']:>6} {goal:>26}")
+    if first["grpo"]["peak"] is None:
         print("  * CPU: persistent rule buffers / trainable-parameter bytes (no device allocator statistics)")
+    print("  syncs: host-device synchronisations the rule itself makes in one update (the engine's closures excluded)")
     print()
     print("3. GXPO ratio statistics of one active update: bf16 and fp16 (grad scaler) against fp32")
     cols = RATIO_STATS
@@ -320,7 +389,8 @@ def main(argv=None) -> None:
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="compute dtype of the timing runs "
                     "(default bf16 on cuda, fp32 on cpu)")
-    ap.add_argument("--batch", type=int, default=None, help="sequences per mini-batch (default 8; tiny 8)")
+    ap.add_argument("--batch", default="8", help="sequences per update, comma-separated for a sweep of tokens per "
+                    "update (e.g. 8,32,64 at --seq 1024: 8k-64k tokens; default 8)")
     ap.add_argument("--seq", type=int, default=None, help="tokens per sequence (default 1024; tiny 48)")
     ap.add_argument("--response", type=int, default=None, help="response window (default 768; tiny 24)")
     ap.add_argument("--micro-batches", type=int, default=None, help="micro-batches per pass (default 4; tiny 2)")
@@ -332,7 +402,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     tiny = args.size == "tiny"
     args.dtype = args.dtype or ("bf16" if args.device == "cuda" else "fp32")
-    args.batch = args.batch or 8
+    args.batch = [int(v) for v in str(args.batch).split(",") if v.strip()]
     args.seq = args.seq or (48 if tiny else 1024)
     args.response = args.response or (24 if tiny else 768)
     args.micro_batches = args.micro_batches or (2 if tiny else 4)
@@ -344,9 +414,9 @@ def main(argv=None) -> None:
         ap.error("--device cuda: no CUDA device is available (use --device cpu)")
     init_process_group(args.device)
     try:
-        timing = time_rules(args)
+        timings = {b: time_rules(args, b) for b in args.batch}
         prec = precision_stats(args)
-        print_tables(args, timing, prec)
+        print_tables(args, timings, prec)
     finally:
         dist.destroy_process_group()
 

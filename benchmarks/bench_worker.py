@@ -3,7 +3,8 @@ paper_text with ``optimizer_state=transactional``) through verl's real TrainingW
 
 One process, the same random model and the same update batch for every rule; each rule's worker
 runs ``train_mini_batch`` (what ``update_actor`` runs) ``--repeats`` times, interleaved round-robin
-so drift in machine load hits all rules alike. Prints median seconds per update, the ratio to GRPO,
+so drift in machine load hits all rules alike. Prints median wall and process-CPU seconds per
+update (CPU time is what a shared machine's load disturbs least), the ratios to GRPO,
 backward passes per update and the rule's extra memory (its persistent buffers relative to the
 trainable parameters; on a GPU also the measured peak-allocation increase). Asserts nothing.
 
@@ -66,27 +67,33 @@ def main() -> None:
     param_bytes = sum(p.numel() * p.element_size() for p in actors["grpo"].module.parameters() if p.requires_grad)
 
     times = {k: [] for k in actors}
-    for name, a in actors.items():  # warm-up
+    cpu = {k: [] for k in actors}
+    for name, a in actors.items():  # warm-up (twice: Adam state, then GXPO's compiled kernels)
         a.worker.train_mini_batch(_clone_td(batch))
-    for _ in range(args.repeats):
+        a.worker.train_mini_batch(_clone_td(batch))
+    for _ in range(args.repeats):  # interleaved round-robin: drift in machine load hits every rule alike
         for name, a in actors.items():
             td = _clone_td(batch)
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             a.worker.train_mini_batch(td)
             times[name].append(time.perf_counter() - t)
+            cpu[name].append(time.process_time() - c)
 
     print(f"device=cpu threads={torch.get_num_threads()} trainable params={n_params} "
-          f"batch={args.prompts}x{args.n} sequences, response<= {args.response_length} tokens, repeats={args.repeats}")
-    print(f"{'rule':18} {'s/update':>9} {'x grpo':>7} {'passes':>7} {'x grpo / passes':>16} {'extra bytes / params':>21}")
-    base = statistics.median(times["grpo"])
+          f"batch={args.prompts}x{args.n} sequences, response<= {args.response_length} tokens, repeats={args.repeats} "
+          f"(interleaved; medians)")
+    print(f"{'rule':18} {'s/update':>9} {'x grpo':>7} {'cpu s/update':>13} {'cpu x grpo':>11} {'passes':>7} "
+          f"{'cpu x grpo / passes':>20} {'extra bytes / params':>21}")
+    base, base_cpu = statistics.median(times["grpo"]), statistics.median(cpu["grpo"])
     for name, a in actors.items():
-        med = statistics.median(times[name])
+        med, med_cpu = statistics.median(times[name]), statistics.median(cpu[name])
         rule = a.worker.rule
         passes = rule.backward_passes / rule.n_updates
         extra = rule.buffer_bytes() if hasattr(rule, "buffer_bytes") else (param_bytes if name == "sfpo" else 0)
         if name == "gxpo-transactional":  # plus the optimizer-state snapshot (AdamW: two fp32 moments per parameter)
             extra += 2 * n_params * 4
-        print(f"{name:18} {med:>9.3f} {med / base:>7.2f} {passes:>7.1f} {med / base / passes:>16.3f} {extra / param_bytes:>21.2f}")
+        print(f"{name:18} {med:>9.3f} {med / base:>7.2f} {med_cpu:>13.3f} {med_cpu / base_cpu:>11.2f} {passes:>7.1f} "
+              f"{med_cpu / base_cpu / passes:>20.3f} {extra / param_bytes:>21.2f}")
 
 
 if __name__ == "__main__":

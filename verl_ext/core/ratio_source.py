@@ -26,6 +26,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from . import kernels
 from .dist import chunks, local
 
 
@@ -101,14 +102,14 @@ class AdamDirectionSource(RatioSource):
                 continue
             keep = 1.0 - lr * wd
             dev = lp.device
+            kl = kernels.device_vector([keep, lr], kernels.compute_dtype(out.dtype), dev)
             for oc, pc, ac, ec in zip(chunks(out, chunk), chunks(lp, chunk), chunks(a, chunk), chunks(t1, chunk)):
-                e_d = ec.to(dev)
-                # d1 = (keep * theta1 - theta2) / lr   into .grad
-                torch.mul(e_d, keep, out=oc)
-                oc.sub_(pc).div_(lr)
-                # d0 = (keep * theta0 - theta1) / lr   into the theta1 buffer
-                d0 = ac.to(dev).mul(keep).sub_(e_d).div_(lr)
-                ec.copy_(d0)
+                if ec.device == dev:  # d1 into .grad, d0 over the theta1 buffer: one fused pass
+                    kernels.adam_directions_(oc, pc, ac, ec, kl)
+                else:  # host buffers: through a device copy of the chunk
+                    e_d, a_d = ec.to(dev), ac.to(dev)
+                    kernels.adam_directions_(oc, pc, a_d, e_d, kl)
+                    ec.copy_(e_d)
             pairs.append((out, t1))
         return pairs, 1.0, 1.0
 

@@ -1,4 +1,4 @@
-"""The three update rules (GXPO_SPEC.md sections 3-5, 7-10) behind one closure-style interface.
+"""The three update rules (docs/algorithm.md#active-update, #shutoff-gate, #sfpo, #faults, #metrics, #budget, #variants) behind one closure-style interface.
 
 An update rule is applied to ONE fixed mini-batch, like ``torch.optim.Optimizer.step(closure)``::
 
@@ -44,7 +44,7 @@ import torch
 
 from .config import ConfigError, GXPOConfig, SFPOConfig, UPDATE_RULES, build_config
 from .dist import Comm, Sums, chunks, local
-from .extrapolation import active_mask, clamp_scale_, geometric_scale_, retention_ratio_
+from . import kernels as K
 from .gate import ZScoreGate
 from .policies import FailurePolicy, OptimizerStateHooks, OptimizerStatePolicy, TorchOptimizerState
 from .ratio_source import clip_factor, make_ratio_source
@@ -257,7 +257,7 @@ class _GatedRule(UpdateRule):
 
 
 class SFPORule(_GatedRule):
-    """Slow-Fast PO (spec section 5): N fast steps, reposition ``theta0 + alpha (theta_N - theta0)``, one slow step.
+    """Slow-Fast PO (docs/algorithm.md#sfpo): N fast steps, reposition ``theta0 + alpha (theta_N - theta0)``, one slow step.
 
     Per mini-batch, like GXPO (the published SFPO code made each fast step a pass over all
     mini-batches; here both rules work per mini-batch so they are compared on equal terms).
@@ -308,13 +308,18 @@ class SFPORule(_GatedRule):
                         p.copy_(a)
                 self.skipped_updates += 1
                 return self._metric(fast_grad_norm_0=norms[0])
-        disp_sq = torch.zeros((), dtype=torch.float64, device=locs[0].device)
+        # reposition theta0 + alpha (theta_N - theta0): one fused pass per chunk (docs/algorithm.md#sfpo)
+        dev = locs[0].device
+        prm = torch.zeros(K.N_PRM, dtype=K.compute_dtype(locs[0].dtype), device=dev)
+        prm[K.ALPHA] = c.alpha
+        parts = []
         with torch.no_grad():
             for p, a in zip(locs, theta0):
-                p.sub_(a)  # p holds theta_N - theta0
-                disp_sq += _sq(p)
-                p.mul_(c.alpha).add_(a)
-        self.comm.all_reduce_sum(disp_sq)
+                for pc, ac in zip(chunks(p, CHUNK_NUMEL), chunks(a, CHUNK_NUMEL)):
+                    parts.append(K.reposition_(pc, ac, None, prm))
+        disp = K.sum_stacked(parts, 2, dev)[:1]
+        self.comm.all_reduce_sum(disp)
+        disp_norm = math.sqrt(disp.item())
         del theta0
         self._grads(compute_grads, "slow")
         n_slow = self._opt(optimizer_step)
@@ -322,7 +327,7 @@ class SFPORule(_GatedRule):
             self.skipped_updates += 1
         out = self._metric(
             fast_grad_norm_0=norms[0], slow_grad_norm=n_slow,
-            displacement_norm=math.sqrt(disp_sq.item()), reposition_norm=c.alpha * math.sqrt(disp_sq.item()),
+            displacement_norm=disp_norm, reposition_norm=c.alpha * disp_norm,
         )
         if c.shutoff == "adaptive":
             if entropy is None:
@@ -338,18 +343,28 @@ class SFPORule(_GatedRule):
 
 
 class _Probe:
-    """The two snapshot buffers of one active update (theta0, g0) plus any extra a ratio source needs."""
+    """One active update in flight: its snapshot buffers (theta0, g0, plus any extra a ratio source
+    needs), the parameters, the probe norms and the metrics gathered so far."""
 
     def __init__(self, theta0, g0, extra, nb: bool):
         self.theta0, self.g0, self.extra, self.nb = theta0, g0, extra, nb
+        self.params: list = []
+        self.locs: list = []
+        self.dev = None
+        self.diag_now = False
+        self.n0 = self.n1 = float("nan")
+        self.out: dict[str, float] = {}
 
 
 class GXPORule(_GatedRule):
-    """GXPO (spec sections 3, 10): two probes, per-coordinate geometric extrapolation, reposition, corrective step.
+    """GXPO (docs/algorithm.md#active-update, #variants): two probes, per-coordinate geometric extrapolation, reposition, corrective step.
 
-    The update composes small pieces, one per axis of spec section 10: the ratio source
+    The update composes small pieces, one per axis of docs/algorithm.md#variants: the ratio source
     (:mod:`.ratio_source`), the active set, ratio and scale clamps (:mod:`.extrapolation`), the
     optimizer-state and failure policies (:mod:`.policies`) and the gate statistic (:mod:`.gate`).
+    The per-coordinate arithmetic runs in :mod:`.kernels` (one fused pass per chunk; compiled where
+    a compiler is present); every reduction of a phase reaches the host in one transfer, so an
+    active update makes a constant handful of host syncs whatever the number of tensors.
 
     Memory: ``carry`` with ``raw``/``clipped`` ratios needs two buffers the size of the local
     trainable shard (theta0 and g0), optionally in host memory; the scale s is formed in ``.grad``
@@ -389,7 +404,7 @@ class GXPORule(_GatedRule):
         self.fallback_steps = 0
         self.n_steps = 0
         self._step_signals: list[float] = []
-        self._host_cache: Optional[list[torch.Tensor]] = None  # pinned host buffers are kept between updates
+        self._host_cache: Optional[list[torch.Tensor]] = None  # host buffers are kept between updates
         if self.decide.rank == 0:
             print(f"[gxpo] resolved config: {json.dumps(c.resolved(), sort_keys=True)} clip_grad={self.clip_grad}", flush=True)
 
@@ -399,11 +414,14 @@ class GXPORule(_GatedRule):
 
     def _alloc(self, locs: Sequence[torch.Tensor]) -> list[list[torch.Tensor]]:
         nbuf = self._n_buffers()
-        if not self.config.host_buffers:
+        on_cpu = locs[0].device.type == "cpu"
+        if not self.config.host_buffers and not on_cpu:  # the device's caching allocator reuses the memory
             return [[torch.empty_like(p) for p in locs] for _ in range(nbuf)]
+        # host memory (host_buffers, or parameters on the CPU): kept between updates, since a fresh
+        # allocation of this size is fresh pages from the OS every update (a page fault per 4 KiB)
         shapes = [(p.shape, p.dtype) for p in locs] * nbuf
         if self._host_cache is None or [(t.shape, t.dtype) for t in self._host_cache] != shapes:
-            pin = torch.cuda.is_available()
+            pin = torch.cuda.is_available() and not on_cpu
             self._host_cache = [torch.empty(s, dtype=d, device="cpu", pin_memory=pin) for s, d in shapes]
         n = len(locs)
         return [self._host_cache[i * n:(i + 1) * n] for i in range(nbuf)]
@@ -476,83 +494,93 @@ class GXPORule(_GatedRule):
                         b.div_(scale)
 
     def _active_step(self, compute_grads, optimizer_step, hooks):
+        """Probe, probe, extrapolate, correct (docs/algorithm.md#active-update)."""
+        u = self._open(hooks)
+        failed = self._probe(u, compute_grads, optimizer_step, hooks, first=True)
+        if failed is not None:
+            return failed
+        self.source.after_probe1(u.locs, u.extra, u.nb)
+        failed = self._probe(u, compute_grads, optimizer_step, hooks, first=False)
+        if failed is not None:
+            return failed
+        u.out.update(self._extrapolate(u, hooks))
+        if u.diag_now:
+            u.out.update(self._diagnose(compute_grads, optimizer_step, hooks, u.locs, u.theta0, u.dev, u.nb))
+        self._correct(u, compute_grads, optimizer_step, hooks)
+        return u.out
+
+    # -- phases of the active update ----------------------------------------------------------------
+    def _open(self, hooks) -> _Probe:
+        """Buffers, the optimizer-state snapshot (before probe 1: theta0's state) and theta0."""
         c = self.config
         params = self.params()
         locs = [local(p) for p in params]
         dev = locs[0].device
         bufs = self._alloc(locs)
-        theta0, g0, extra = bufs[0], bufs[1], (bufs[2] if len(bufs) > 2 else [])
-        nb = c.host_buffers and dev.type != "cpu"
-        probe = _Probe(theta0, g0, extra, nb)
-        diag_now = c.diagnose_every > 0 and self.n_updates % c.diagnose_every == 0
-        self.state_policy.begin(hooks, need_snapshot=diag_now)  # BEFORE probe 1: theta0's optimizer state
-
+        u = _Probe(bufs[0], bufs[1], bufs[2] if len(bufs) > 2 else [], c.host_buffers and dev.type != "cpu")
+        u.params, u.locs, u.dev = params, locs, dev
+        u.diag_now = c.diagnose_every > 0 and self.n_updates % c.diagnose_every == 0
+        self.state_policy.begin(hooks, need_snapshot=u.diag_now)
         with torch.no_grad():
-            for a, p in zip(theta0, locs):
-                a.copy_(p, non_blocking=nb)
+            for a, p in zip(u.theta0, locs):
+                a.copy_(p, non_blocking=u.nb)
+        return u
 
-        # 1. probe 1 at theta0
-        aux0 = self._grads(compute_grads, "probe1")
-        self._snapshot_grad(params, g0, float(aux0.get("grad_scale", 1.0)), nb)
-        n0 = self._opt(optimizer_step)
-        if self._agree(self.failure.probe_failed(n0, first=True)):
-            return self._failed_probe(compute_grads, optimizer_step, hooks, locs, probe, self._metric(probe_grad_norm_0=n0))
-        self.source.after_probe1(locs, extra, nb)
+    def _probe(self, u: _Probe, compute_grads, optimizer_step, hooks, first: bool) -> Optional[dict]:
+        """Probe 1 at theta0 (g0 snapshot, unscaled) or probe 2 at theta1; a failed probe's metrics, else None."""
+        aux = self._grads(compute_grads, "probe1" if first else "probe2")
+        if first:
+            self._snapshot_grad(u.params, u.g0, float(aux.get("grad_scale", 1.0)), u.nb)
+        n = self._opt(optimizer_step)
+        if first:
+            u.n0 = n
+            u.out = self._metric(probe_grad_norm_0=n)
+        else:
+            u.n1 = n
+            u.out.update(self._metric(probe_grad_norm_1=n))
+        if self._agree(self.failure.probe_failed(n, first=first)):
+            return self._failed_probe(compute_grads, optimizer_step, hooks, u.locs, u, u.out)
+        return None
 
-        # 2. probe 2 at theta1
-        self._grads(compute_grads, "probe2")
-        n1 = self._opt(optimizer_step)
-        if self._agree(self.failure.probe_failed(n1, first=False)):
-            return self._failed_probe(compute_grads, optimizer_step, hooks, locs, probe,
-                                      self._metric(probe_grad_norm_0=n0, probe_grad_norm_1=n1))
-
-        # 3-7. ratio, scale (written into .grad), reposition
-        out = self._metric(probe_grad_norm_0=n0, probe_grad_norm_1=n1)
-        out.update(self._extrapolate(params, locs, probe, n0, n1, hooks, dev))
-
-        if diag_now:
-            out.update(self._diagnose(compute_grads, optimizer_step, hooks, locs, theta0, dev, nb))
-
-        # 8. corrective pass at theta_tilde
+    def _correct(self, u: _Probe, compute_grads, optimizer_step, hooks) -> None:
+        """The corrective pass and step at theta_tilde; cos(g0, g_corr); the gate signal (docs/algorithm.md#shutoff-gate)."""
+        c = self.config
         aux2 = self._grads(compute_grads, "corrective")
         scale2 = float(aux2.get("grad_scale", 1.0))
-        dots = Sums(("g0_dot_gcorr", "gcorr_sq", "g0_sq"), dev)
+        parts = []
         with torch.no_grad():
-            for p, b in zip(params, g0):
+            for p, b in zip(u.params, u.g0):
                 g = local(p.grad)
                 if g is None:
                     continue
                 for gc, bc in zip(chunks(g, CHUNK_NUMEL), chunks(b, CHUNK_NUMEL)):
-                    bd = bc.to(dev, non_blocking=True) if nb else bc
-                    dots.add("g0_dot_gcorr", torch.sum(gc * bd, dtype=torch.float64))
-                    dots.add("gcorr_sq", _sq(gc))
-                    dots.add("g0_sq", _sq(bd))
-        d = dots.reduce(self.comm)
+                    parts.append(K.dots(gc, bc.to(u.dev, non_blocking=True) if u.nb else bc))
+        dots = K.sum_stacked(parts, 3, u.dev)
+        self.comm.all_reduce_sum(dots)
+        g0_dot_gcorr, gcorr_sq, g0_sq = dots.tolist()
         keep_theta0 = self.failure.restore_after_failed_corrective
         if not c.host_buffers:  # free the device buffers before the optimizer step (its own peak)
-            del g0, bufs
-            probe.g0 = probe.extra = None
+            u.g0 = u.extra = None
             if not keep_theta0:
-                del theta0
-                probe.theta0 = None
+                u.theta0 = None
         self.state_policy.before_corrective(hooks)
         self.state_policy.end()
         n2 = self._opt(optimizer_step)
+        out = u.out
         out.update(self._metric(corrective_grad_norm=n2))
         cos = float("nan")
-        gg = d["gcorr_sq"] / scale2**2
-        if gg > 0 and d["g0_sq"] > 0:
-            cos = (d["g0_dot_gcorr"] / scale2) / math.sqrt(gg * d["g0_sq"])
+        gg = gcorr_sq / scale2**2
+        if gg > 0 and g0_sq > 0:
+            cos = (g0_dot_gcorr / scale2) / math.sqrt(gg * g0_sq)
             out.update(self._metric(cos_g0_gcorr=cos))
         if self._agree(_finite(n2)):
-            signal = self._gate_signal(n0, n2, cos, aux2)
+            signal = self._gate_signal(u.n0, n2, cos, aux2)
             if signal is not None and math.isfinite(signal):
                 out.update(self._feed_gate(signal))
         else:
             self.skipped_updates += 1
             if keep_theta0:
-                self._restore(locs, probe.theta0)
-        return out
+                self._restore(u.locs, u.theta0)
 
     def _gate_signal(self, n0: float, n2: float, cos: float, aux2: Mapping[str, Any]) -> Optional[float]:
         """The value ``gate_signal`` names, from this update's measurements."""
@@ -579,115 +607,111 @@ class GXPORule(_GatedRule):
             out.update(self._metric(z_score=z))
         return out
 
-    # -- ratio, scale, reposition ------------------------------------------------------------------
-    def _active_thresholds(self, pairs, x0_unit: float, dev) -> list[float]:
-        """Per-tensor threshold on |x0| (in x0's own units): ``active_eps`` or ``active_rel * RMS(x0)``."""
+    # -- extrapolate: ratio, scale (written into .grad), reposition ------------------------------------
+    def _post_step_clip(self, u: _Probe) -> float:
+        """The clip factor the engine applied to probe 2's gradient: post-clip norm / pre-clip norm (one sync)."""
+        grads1 = [local(p.grad) for p in u.params]
+        present = [g for g in grads1 if g is not None]
+        if not present:
+            raise RuntimeError("optimizer_step() must leave the clipped gradient it stepped with in .grad (it was cleared)")
+        post_sq = torch.stack([n.to(torch.float64) for n in torch._foreach_norm(present)]).square().sum()
+        self.comm.all_reduce_sum(post_sq)
+        post_norm = math.sqrt(post_sq.item())
+        if u.n1 > 0 and post_norm == 0.0:
+            raise RuntimeError("optimizer_step() must leave the clipped gradient it stepped with in .grad (it is zero)")
+        return post_norm / u.n1 if u.n1 > 0 else 1.0
+
+    def _thresholds(self, pairs, x0_unit: float, dev, prm_dtype) -> torch.Tensor:
+        """Per-tensor threshold on |x0| in x0's own units, on the device: ``active_eps`` or ``active_rel * RMS(x0)``."""
         c = self.config
         if c.active_mode == "absolute":
-            return [c.active_eps / x0_unit] * len(pairs)
-        sums = torch.zeros(2 * len(pairs), dtype=torch.float64, device=dev)  # [sum x0^2 ..., numel ...]
-        for i, (_, x0) in enumerate(pairs):
-            for xc in chunks(x0, CHUNK_NUMEL):
-                sums[i] += _sq(torch.nan_to_num(xc.to(dev), nan=0.0, posinf=0.0, neginf=0.0))
-            sums[len(pairs) + i] += x0.numel()
-        self.comm.all_reduce_sum(sums)
+            return K.device_vector([c.active_eps / x0_unit] * len(pairs), prm_dtype, dev)
+        sums = []
+        for _, x0 in pairs:
+            parts = [K.finite_sumsq(xc.to(dev)) for xc in chunks(x0, CHUNK_NUMEL)]
+            sums.append(K.sum_stacked(parts, 0, dev).sum() if parts else torch.zeros((), dtype=torch.float64, device=dev))
+        numel = K.device_vector([x0.numel() for _, x0 in pairs], torch.float64, dev)
+        vec = torch.cat([torch.stack(sums), numel])
+        self.comm.all_reduce_sum(vec)
         n = len(pairs)
-        return [c.active_rel * math.sqrt(sums[i].item() / sums[n + i].item()) if sums[n + i] > 0 else math.inf
-                for i in range(n)]
+        thr = c.active_rel * torch.sqrt(vec[:n] / vec[n:].clamp_min(1.0))
+        return torch.where(vec[n:] > 0, thr, torch.full_like(thr, math.inf)).to(prm_dtype)
 
-    def _extrapolate(self, params, locs, probe: _Probe, n0: float, n1: float, hooks, dev) -> dict[str, float]:
+    def _extrapolate(self, u: _Probe, hooks) -> dict[str, float]:
+        """Ratio -> clamp -> scale -> clamp (one fused kernel per chunk, s into .grad), then the reposition
+        ``theta <- theta0 + alpha * s * (theta - theta0)`` (one more); every reduction lands on the host
+        in ONE transfer (docs/algorithm.md#active-update, #variants)."""
         c = self.config
-        nb = probe.nb
-        clip_coef = 1.0
-        if self.source.needs_post_step_grad():
-            grads1 = [local(p.grad) for p in params]
-            if all(g is None for g in grads1):
-                raise RuntimeError(
-                    "optimizer_step() must leave the clipped gradient it stepped with in .grad (it was cleared)"
-                )
-            post_sq = sum((_sq(g) for g in grads1 if g is not None), torch.zeros((), dtype=torch.float64, device=dev))
-            self.comm.all_reduce_sum(post_sq)
-            post_norm = math.sqrt(post_sq.item())
-            if n1 > 0 and post_norm == 0.0:
-                raise RuntimeError("optimizer_step() must leave the clipped gradient it stepped with in .grad (it is zero)")
-            clip_coef = post_norm / n1 if n1 > 0 else 1.0
+        dev = u.dev
+        clip_coef = self._post_step_clip(u) if self.source.needs_post_step_grad() else 1.0
         pairs, x1_div, x0_unit = self.source.prepare(
-            params, locs, probe.theta0, probe.g0, probe.extra, n0, n1, clip_coef, hooks, CHUNK_NUMEL
+            u.params, u.locs, u.theta0, u.g0, u.extra, u.n0, u.n1, clip_coef, hooks, CHUNK_NUMEL
         )
-        thresholds = self._active_thresholds(pairs, x0_unit, dev)
-        floor = c.active_eps / x0_unit if c.ratio_denominator == "floored" else None
-        nonfinite = 0.0 if c.ratio_nonfinite == "zero" else 1.0
-        fast = (c.ratio_min >= 0 and c.ratio_max <= 1) or None
-        clamp_moves_one = (c.scale_min is not None and c.scale_min > 1) or (
-            c.scale_headroom is not None and c.K / 2 + c.scale_headroom < 1)
-
-        stats = Sums(("numel", "n_active", "sum_r", "sum_s"), dev)
-        sample_stride = max(1, sum(p.numel() for p in locs) // MEDIAN_SAMPLES)
-        samples = []
-        seen = 0
+        prm_dtype = K.compute_dtype(next((x.dtype for x, _ in pairs if x is not None), u.locs[0].dtype))
+        prm = K.device_vector([
+            x1_div, c.active_eps / x0_unit if c.ratio_denominator == "floored" else 0.0,
+            0.0 if c.ratio_nonfinite == "zero" else 1.0, c.ratio_min, c.ratio_max, c.scale_eps,
+            K.optional_prm(c.scale_min, -math.inf),
+            math.inf if c.scale_headroom is None else c.K / 2.0 + c.scale_headroom, c.alpha,
+        ], prm_dtype, dev)
+        thr = self._thresholds(pairs, x0_unit, dev, prm_dtype)
+        flags = dict(
+            K=c.K, floored=c.ratio_denominator == "floored", nonneg=c.ratio_min >= 0 and c.ratio_max <= 1,
+            guard_one=c.scale_guard == "one", clamp_lo=c.scale_min is not None, clamp_hi=c.scale_headroom is not None,
+            moves_one=(c.scale_min is not None and c.scale_min > 1)
+            or (c.scale_headroom is not None and c.K / 2 + c.scale_headroom < 1),
+        )
+        numel = sum(x0.numel() for _, x0 in pairs)
+        stride = max(1, sum(p.numel() for p in u.locs) // MEDIAN_SAMPLES)
+        stats, samples, seen = [], [], 0
         with torch.no_grad():
-            for (x1, x0), thr in zip(pairs, thresholds):
+            for i, (x1, x0) in enumerate(pairs):
                 if x1 is None:  # no gradient reached this parameter: inactive, s = 1 (see reposition)
-                    stats.add("numel", x0.numel())
                     seen += x0.numel()
                     continue
+                ti = thr[i]
                 for gc, bc in zip(chunks(x1, CHUNK_NUMEL), chunks(x0, CHUNK_NUMEL)):
-                    x0c = bc.to(dev, non_blocking=True) if nb else bc
-                    act = active_mask(x0c, thr)
-                    retention_ratio_(gc, x0c, c.active_eps, c.ratio_min, c.ratio_max, x1_div,
-                                     active=act, floor=floor, nonfinite=nonfinite)
-                    n_act = act.sum()
-                    stats.add("numel", gc.numel())
-                    stats.add("n_active", n_act)
-                    stats.add("sum_r", torch.sum(gc, dtype=torch.float64))  # r = 0 off the active set
-                    idx = slice((-seen) % sample_stride, None, sample_stride)
-                    samples.append(gc.reshape(-1)[idx][act.reshape(-1)[idx]].to(torch.float32))
+                    x0c = bc.to(dev, non_blocking=True) if u.nb else bc
+                    idx = slice((-seen) % stride, None, stride)  # fixed positions: the median's sample
+                    r, act = K.ratio(gc.reshape(-1)[idx], x0c.reshape(-1)[idx], ti, prm, flags["floored"])
+                    samples.append(torch.where(act, r, math.nan).to(torch.float32))
                     seen += gc.numel()
-                    geometric_scale_(gc, c.K, c.scale_eps, nonneg=fast, guard=c.scale_guard)  # s(0) = 1 off A
-                    clamp_scale_(gc, c.K, c.scale_min, c.scale_headroom)
-                    if clamp_moves_one:
-                        gc.masked_fill_(~act, 1.0)
-                    stats.add("sum_s", torch.sum(gc, dtype=torch.float64) - (gc.numel() - n_act))
+                    stats.append(K.ratio_scale_(gc, x0c, ti, prm, **flags))
+            reposition = []
+            for p, (s_full, _), a in zip(u.locs, pairs, u.theta0):
+                s_chunks = chunks(s_full, CHUNK_NUMEL) if s_full is not None else None
+                for j, (pc, ac) in enumerate(zip(chunks(p, CHUNK_NUMEL), chunks(a, CHUNK_NUMEL))):
+                    sc = next(s_chunks) if s_chunks is not None else None
+                    reposition.append(K.reposition_(pc, ac.to(dev, non_blocking=True) if u.nb else ac, sc, prm))
+            median = self._median(samples, dev)
+            vec = torch.cat([K.sum_stacked(stats, 3, dev), K.sum_stacked(reposition, 2, dev)])
+            vec = torch.cat([vec, torch.full((1,), float(numel), dtype=torch.float64, device=dev)])
+            self.comm.all_reduce_sum(vec)
+            values = torch.cat([vec, median.reshape(1).to(torch.float64)]).tolist()  # the one transfer
+        return self._extrapolation_metrics(*values)
 
-            # 6-7. displacement and reposition, in place: p <- theta0 + alpha * s * (p - theta0)
-            norms = Sums(("displacement_sq", "scaled_displacement_sq"), dev)
-            for p, (s_full, _), a in zip(locs, pairs, probe.theta0):
-                s_chunks = chunks(s_full, CHUNK_NUMEL) if s_full is not None else _ones(p)
-                for pc, sc, ac in zip(chunks(p, CHUNK_NUMEL), s_chunks, chunks(a, CHUNK_NUMEL)):
-                    ad = ac.to(dev, non_blocking=True) if nb else ac
-                    pc.sub_(ad)
-                    norms.add("displacement_sq", _sq(pc))
-                    pc.mul_(sc)
-                    norms.add("scaled_displacement_sq", _sq(pc))
-                    torch.add(ad, pc, alpha=c.alpha, out=pc)
-        st = stats.reduce(self.comm)
-        nr = norms.reduce(self.comm)
-        median = self._median(samples, dev)
-
-        numel, n_act = st["numel"], st["n_active"]
+    def _extrapolation_metrics(self, n_act, sum_r, sum_s, disp_sq, scaled_sq, numel, median) -> dict[str, float]:
+        c = self.config
         out = self._metric(
             inactive_frac=1.0 - n_act / numel if numel else 0.0,
-            displacement_norm=math.sqrt(nr["displacement_sq"]),
-            reposition_norm=c.alpha * math.sqrt(nr["scaled_displacement_sq"]),
+            displacement_norm=math.sqrt(disp_sq),
+            reposition_norm=c.alpha * math.sqrt(scaled_sq),
         )
         if n_act > 0:
-            out.update(self._metric(retention_ratio_mean=st["sum_r"] / n_act, scale_mean=st["sum_s"] / n_act))
+            out.update(self._metric(retention_ratio_mean=sum_r / n_act, scale_mean=sum_s / n_act))
         if math.isfinite(median):
             out.update(self._metric(retention_ratio_median=median))
         return out
 
-    def _median(self, samples: list[torch.Tensor], dev) -> float:
+    def _median(self, samples: list[torch.Tensor], dev) -> torch.Tensor:
+        """Median of the first ``MEDIAN_SAMPLES`` sampled active ratios of every rank, as a 0-d device tensor
+        (fixed shapes throughout: no data-dependent indexing, no sync)."""
         local_s = torch.cat(samples) if samples else torch.empty(0, device=dev)
-        buf = torch.full((MEDIAN_SAMPLES,), float("nan"), dtype=torch.float32, device=dev)
-        k = min(MEDIAN_SAMPLES, local_s.numel())
-        if k:
-            buf[:k] = local_s[:k]
-        allv = self.comm.all_gather_cat(buf)
-        allv = allv[~torch.isnan(allv)]
-        return float(allv.median().item()) if allv.numel() else float("nan")
+        buf = K.first_k_finite(local_s, MEDIAN_SAMPLES)
+        return torch.nanmedian(self.comm.all_gather_cat(buf))
 
     def _diagnose(self, compute_grads, optimizer_step, hooks, locs, theta0, dev, nb):
-        """Opt-in: compare theta_hat_K and theta_tilde with K true optimizer steps from theta0 (spec section 8).
+        """Opt-in: compare theta_hat_K and theta_tilde with K true optimizer steps from theta0 (docs/algorithm.md#metrics).
 
         The K true steps start from theta0 AND the optimizer state as it was at theta0 (snapshotted
         before probe 1 on diagnostic updates). Costs K extra passes, one parameter copy and one more
@@ -744,11 +768,6 @@ class GXPORule(_GatedRule):
         self.fallback_steps = int(state.get("fallback_steps", 0))
         self.n_steps = int(state.get("n_steps", 0))
         self._step_signals = [float(v) for v in state.get("step_signals", ())]
-
-
-def _ones(p: torch.Tensor):
-    for pc in chunks(p, CHUNK_NUMEL):
-        yield torch.ones_like(pc)
 
 
 def build_update_rule(name: str, params: ParamSource, *, gxpo=None, sfpo=None, process_group=None,

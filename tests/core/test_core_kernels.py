@@ -1,0 +1,113 @@
+"""The fused kernels of the active update: host syncs per update are a small constant, and the
+compiled kernels give the eager kernels' numbers (docs/algorithm.md#active-update)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from helpers.core_problems import make_closures
+from verl_ext.core import GXPORule, SFPORule, TorchOptimizerState
+from verl_ext.core import kernels as K
+from verl_ext.core import rules
+from verl_ext.testing.sync_count import SyncCounter
+
+
+def _model(n_tensors: int, width: int, seed: int = 0):
+    torch.manual_seed(seed)
+    layers = [torch.nn.Linear(width, width) for _ in range(n_tensors // 2)]
+    return torch.nn.Sequential(*[m for lin in layers for m in (lin, torch.nn.Tanh())])
+
+
+def _count_syncs(n_tensors: int, cfg: dict, rule_cls=GXPORule) -> int:
+    model = _model(n_tensors, 16)
+    params = list(model.parameters())
+    x, y = torch.randn(32, 16), torch.randn(32, 16)
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    cg, st = make_closures(params, lambda: torch.nn.functional.mse_loss(model(x), y), opt, clip=1.0)
+    rule = rule_cls(params, cfg) if rule_cls is SFPORule else rule_cls(params, cfg, clip_grad=1.0)
+    hooks = TorchOptimizerState(opt)
+    rule.step(cg, st, optimizer_state=hooks)  # warm-up (first Adam step)
+    counter = SyncCounter()
+    with counter:
+        m = rule.step(counter.closure(cg), counter.closure(st), optimizer_state=hooks)
+    assert m[f"{rule.name}/backward_passes"] == (6 if rule_cls is GXPORule else 8)  # both updates were active
+    return counter.count
+
+
+@pytest.mark.parametrize("cfg", [
+    {"variant": "paper_text"},
+    {"variant": "authors"},
+    {"variant": "paper_text", "active_mode": "relative_rms"},
+    {"variant": "paper_text", "ratio_source": "adam_direction"},
+], ids=["paper_text", "authors", "relative_rms", "adam_direction"])
+def test_host_syncs_per_active_update_are_a_small_constant(monkeypatch, cfg):
+    """4 tensors in 4 chunks or 200 tensors in 1,600 chunks: the same handful of host transfers."""
+    monkeypatch.setenv(K.KERNELS_ENV, "eager")
+    monkeypatch.setattr(rules, "CHUNK_NUMEL", 32)  # many chunks per tensor
+    cfg = {"K": 5, "shutoff": "never", **cfg}
+    small, large = _count_syncs(4, cfg), _count_syncs(200, cfg)
+    assert small == large, (small, large)
+    assert 1 <= large <= 16, large
+
+
+def test_sfpo_host_syncs_are_a_small_constant(monkeypatch):
+    monkeypatch.setenv(K.KERNELS_ENV, "eager")
+    monkeypatch.setattr(rules, "CHUNK_NUMEL", 32)
+    cfg = {"K": 3, "shutoff": "never"}
+    small, large = _count_syncs(4, cfg, SFPORule), _count_syncs(200, cfg, SFPORule)
+    assert small == large and large <= 16, (small, large)
+
+
+def test_sync_counter_sees_the_syncs_it_counts():
+    """The counter itself: a boolean-mask index, an item() and a tolist() are three syncs."""
+    t = torch.arange(6.0)
+    with SyncCounter() as c:
+        t[t > 2].sum().item()
+        t.tolist()
+    assert c.count == 3 and c.ops[-1] == "tolist", c.ops
+
+
+def test_median_sample_is_the_first_active_samples_in_order():
+    v = torch.tensor([float("nan"), 3.0, float("nan"), 1.0, 2.0, 5.0])
+    out = K.first_k_finite(v, 3)
+    assert out.tolist() == [3.0, 1.0, 2.0]
+    out = K.first_k_finite(v, 6)
+    assert out[:4].tolist() == [3.0, 1.0, 2.0, 5.0] and bool(torch.isnan(out[4:]).all())
+
+
+def test_kernel_mode_switch_names_the_variable(monkeypatch):
+    monkeypatch.setenv(K.KERNELS_ENV, "fast")
+    with pytest.raises(ValueError, match="GXPO_KERNELS='fast': allowed auto | compile | eager"):
+        K.kernel_mode()
+
+
+def _one_update(cfg: dict, mode: str, monkeypatch):
+    monkeypatch.setenv(K.KERNELS_ENV, mode)
+    model = _model(4, 96, seed=3)
+    params = list(model.parameters())
+    x, y = torch.randn(64, 96, generator=torch.Generator().manual_seed(1)), torch.randn(64, 96)
+    opt = torch.optim.AdamW(params, lr=3e-3)
+    cg, st = make_closures(params, lambda: torch.nn.functional.mse_loss(model(x), y), opt, clip=1.0)
+    rule = GXPORule(params, {"K": 5, "shutoff": "never", **cfg}, clip_grad=1.0)
+    ms = [rule.step(cg, st, optimizer_state=TorchOptimizerState(opt)) for _ in range(2)]
+    return [p.detach().clone() for p in params], ms[-1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["paper_text", "authors"])
+def test_compiled_kernels_equal_eager_kernels(monkeypatch, variant):
+    """torch.compile'd (inductor) kernels: the same parameters and metrics as the eager ops (fp32, 1e-6)."""
+    if not K._compiler_available(torch.device("cpu")):
+        pytest.skip("no C++ compiler for inductor on this machine")
+    torch.manual_seed(0)
+    pe, me = _one_update({"variant": variant}, "eager", monkeypatch)
+    torch.manual_seed(0)
+    pc, mc = _one_update({"variant": variant}, "compile", monkeypatch)
+    for a, b in zip(pe, pc):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
+    for k in ("retention_ratio_mean", "retention_ratio_median", "scale_mean", "inactive_frac", "displacement_norm",
+              "reposition_norm", "cos_g0_gcorr"):
+        assert math.isclose(mc[f"gxpo/{k}"], me[f"gxpo/{k}"], rel_tol=1e-6, abs_tol=1e-9), (k, mc, me)

@@ -1,0 +1,231 @@
+"""Fused per-chunk kernels of the active update (docs/algorithm.md#active-update, #variants, #sfpo).
+
+Each kernel is ONE pass over its inputs: it reads the chunk once, writes its output in place and
+returns its reductions as a small float64 tensor (so a caller collects them without a host sync and
+moves them to the host once per update). The same Python function runs in two ways:
+
+* **compiled** (``torch.compile``: inductor C++/OpenMP on CPU, Triton on GPU): the whole
+  ratio -> clamp -> scale -> clamp pipeline and its reductions fuse into one loop with no temporary
+  the size of the chunk;
+* **eager** (the plain fallback): the same torch ops one by one on a chunk of at most
+  ``CHUNK_NUMEL`` elements (bounded scratch memory).
+
+``GXPO_KERNELS`` selects: ``auto`` (default: compiled for contiguous chunks of at least
+``MIN_COMPILED_NUMEL`` elements when a C++ compiler (CPU) or Triton (GPU) is present; a compile
+failure falls back to eager with one warning), ``compile`` (always compile; failures raise) or
+``eager``. Both ways give the same numbers up to float rounding of the reductions.
+
+The scale is ``s = S_K(r) / S_2(r)`` with ``S_n(r) = 1 + r + ... + r^(n-1)`` evaluated by Horner's
+rule (K - 1 multiply-adds, no transcendental and no 0/0 at r = 1); see
+:func:`verl_ext.core.extrapolation.geometric_scale` for the per-axis reference it is tested against.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from typing import Optional
+
+import torch
+
+KERNELS_ENV = "GXPO_KERNELS"
+KERNEL_MODES = ("auto", "compile", "eager")
+MIN_COMPILED_NUMEL = 1 << 18  # smaller chunks run eager (a compiled call costs more than it saves there)
+
+# indices into the per-update parameter vector ``prm`` (compute dtype, on the parameters' device)
+X1_DIV, FLOOR, NONFINITE, RATIO_MIN, RATIO_MAX, SCALE_EPS, SCALE_MIN, SCALE_MAX, ALPHA = range(9)
+N_PRM = 9
+
+F64 = torch.float64
+_INF = float("inf")
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels compute in: float32 for 16-bit floats, else the data's own."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def kernel_mode() -> str:
+    mode = os.environ.get(KERNELS_ENV, "auto").strip().lower() or "auto"
+    if mode not in KERNEL_MODES:
+        raise ValueError(f"{KERNELS_ENV}={mode!r}: allowed {' | '.join(KERNEL_MODES)}")
+    return mode
+
+
+def _compiler_available(device: torch.device) -> bool:
+    if device.type == "cuda":
+        try:
+            from torch.utils._triton import has_triton
+            return bool(has_triton())
+        except Exception:  # pragma: no cover
+            return False
+    if device.type == "cpu":
+        return any(shutil.which(c) for c in (os.environ.get("CXX") or "g++", "c++", "clang++"))
+    return False
+
+
+# -- the pipeline, as plain torch ops (compiled or run eagerly) ------------------------------------
+
+
+def ratio(x1: torch.Tensor, x0: torch.Tensor, thr: torch.Tensor, prm: torch.Tensor, floored: bool):
+    """``(r, A)``: the clamped ratio ``(x1 / x1_div) / x0`` on A = {|x0| > thr}, 0 off A (docs/algorithm.md#variants)."""
+    ct = prm.dtype
+    g, a = x1.to(ct), x0.to(ct)
+    act = a.abs() > thr
+    if floored:  # sign(x0) * max(|x0|, floor) with sign(0) = +
+        m = torch.maximum(a.abs(), prm[FLOOR])
+        r = g / torch.where(a < 0, -m, m)
+    else:
+        r = g / a
+    r = r / prm[X1_DIV]
+    r = torch.where(r != r, prm[NONFINITE], r)  # NaN -> ratio_nonfinite; +-inf clamp to the bounds below
+    r = torch.minimum(torch.maximum(r, prm[RATIO_MIN]), prm[RATIO_MAX])
+    return r * act, act
+
+
+def scale(r: torch.Tensor, act: torch.Tensor, prm: torch.Tensor, K: int, nonneg: bool, guard_one: bool,
+          clamp_lo: bool, clamp_hi: bool, moves_one: bool) -> torch.Tensor:
+    """``s = S_K(r) / S_2(r)`` with the ``scale_guard`` near r = -1, non-finite -> 1, the scale clamp, s = 1 off A."""
+    s_k = r + 1.0
+    for _ in range(K - 2):
+        s_k = s_k * r + 1.0
+    s_2 = r + 1.0
+    if K == 1:
+        s_k = torch.ones_like(r)
+    if nonneg:  # 0 <= r <= 1: S_2 >= 1 and S_K <= K, nothing to guard
+        s = s_k / s_2
+    else:
+        eps = prm[SCALE_EPS]
+        if guard_one:
+            small = s_2.abs() <= eps
+            s = torch.where(small, 1.0, s_k / torch.where(small, 1.0, s_2))
+        else:
+            s = s_k / torch.where(s_2 >= 0, torch.maximum(s_2, eps), torch.minimum(s_2, -eps))
+        s = torch.where(s.abs() < _INF, s, 1.0)
+    if clamp_lo:
+        s = torch.maximum(s, prm[SCALE_MIN])
+    if clamp_hi:
+        s = torch.minimum(s, prm[SCALE_MAX])
+    if moves_one:
+        s = torch.where(act, s, 1.0)
+    return s
+
+
+def _ratio_scale(x1, x0, thr, prm, *, K: int, floored: bool, nonneg: bool, guard_one: bool, clamp_lo: bool,
+                 clamp_hi: bool, moves_one: bool) -> torch.Tensor:
+    r, act = ratio(x1, x0, thr, prm, floored)
+    s = scale(r, act, prm, K, nonneg, guard_one, clamp_lo, clamp_hi, moves_one)
+    x1.copy_(s)
+    return torch.stack([act.sum(dtype=F64), r.sum(dtype=F64), torch.where(act, s, 0.0).sum(dtype=F64)])
+
+
+def _reposition(p, a, s, prm) -> torch.Tensor:
+    """In place ``p <- a + alpha * s * (p - a)``; returns ``[||p - a||^2, ||s (p - a)||^2]``."""
+    ct = prm.dtype
+    d = p.to(ct) - a.to(ct)
+    ds = d * s.to(ct) if s is not None else d
+    p.copy_(a.to(ct) + prm[ALPHA] * ds)
+    return torch.stack([d.to(F64).square().sum(), ds.to(F64).square().sum()])
+
+
+def _dots(g, b) -> torch.Tensor:
+    """``[g0 . g, ||g||^2, ||g0||^2]`` (products in the compute dtype, sums in float64)."""
+    ct = compute_dtype(g.dtype)
+    g, b = g.to(ct), b.to(ct)
+    return torch.stack([(g * b).sum(dtype=F64), g.to(F64).square().sum(), b.to(F64).square().sum()])
+
+
+def _adam_directions(out, p, a, e, kl) -> None:
+    """``ratio_source: adam_direction`` in one pass: ``out <- (keep theta1 - theta2) / lr`` (d1, into .grad)
+    and ``e <- (keep theta0 - theta1) / lr`` (d0, over the theta1 buffer); ``kl = [keep, lr]``."""
+    ct = kl.dtype
+    ef = e.to(ct)
+    out.copy_((ef * kl[0] - p.to(ct)) / kl[1])
+    e.copy_((a.to(ct) * kl[0] - ef) / kl[1])
+
+
+def _finite_sumsq(x) -> torch.Tensor:
+    """Sum of squares with non-finite entries counted as 0 (the relative-RMS active threshold)."""
+    x = x.to(compute_dtype(x.dtype))
+    x = torch.where(x.abs() < _INF, x, 0.0)
+    return x.to(F64).square().sum()
+
+
+# -- dispatch --------------------------------------------------------------------------------------
+
+_COMPILE_OPTIONS = {  # keep the whole pipeline in registers: no chunk-sized intermediate buffer
+    "realize_opcount_threshold": 10_000, "realize_reads_threshold": 10_000, "realize_acc_reads_threshold": 10_000,
+}
+
+
+class Kernel:
+    """One fused kernel: its compiled form where available and worth it, else the same ops eagerly."""
+
+    _disabled: dict[str, str] = {}  # device type -> reason a compile failed (auto mode falls back for good)
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.name = fn.__name__.lstrip("_")
+        self._compiled = None
+
+    def compiled_for(self, t: torch.Tensor) -> bool:
+        mode = kernel_mode()
+        if mode == "eager" or not t.is_contiguous():
+            return False
+        if mode == "compile":
+            return True
+        return (t.numel() >= MIN_COMPILED_NUMEL and t.device.type not in self._disabled
+                and _compiler_available(t.device))
+
+    def __call__(self, *args, **static):
+        t = args[0]
+        if self.compiled_for(t):
+            if self._compiled is None:
+                self._compiled = torch.compile(self.fn, dynamic=True, fullgraph=True, options=_COMPILE_OPTIONS)
+            try:
+                return self._compiled(*args, **static)
+            except Exception as e:  # noqa: BLE001 -- any backend failure: fall back, loudly, once
+                if kernel_mode() == "compile":
+                    raise
+                Kernel._disabled[t.device.type] = f"{type(e).__name__}: {e}"
+                warnings.warn(f"gxpo kernels: torch.compile failed on {t.device.type} ({type(e).__name__}: "
+                              f"{str(e)[:200]}); using the eager kernels (set {KERNELS_ENV}=eager to skip the try)",
+                              stacklevel=2)
+        return self.fn(*args, **static)
+
+
+ratio_scale_ = Kernel(_ratio_scale)
+reposition_ = Kernel(_reposition)
+dots = Kernel(_dots)
+finite_sumsq = Kernel(_finite_sumsq)
+adam_directions_ = Kernel(_adam_directions)
+
+
+def device_vector(values, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small vector of host numbers on ``device`` without a blocking copy (pinned, non-blocking on CUDA)."""
+    t = torch.tensor([float(v) for v in values], dtype=dtype)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def sum_stacked(parts: list[torch.Tensor], n: int, device) -> torch.Tensor:
+    """Sum of the kernels' per-chunk reduction vectors (length ``n``), on the device: no host sync."""
+    if not parts:
+        return torch.zeros(n, dtype=F64, device=device)
+    return torch.stack(parts).sum(0)
+
+
+def first_k_finite(values: torch.Tensor, k: int) -> torch.Tensor:
+    """The first ``k`` non-NaN entries of ``values`` in order, NaN-padded to length ``k`` (fixed shape, no sync)."""
+    ok = values == values
+    rank = torch.cumsum(ok.to(torch.int64), 0)
+    idx = torch.where(ok & (rank <= k), rank - 1, torch.full_like(rank, k))
+    out = torch.full((k + 1,), float("nan"), dtype=values.dtype, device=values.device)
+    out.scatter_(0, idx, values)
+    return out[:k]
+
+
+def optional_prm(value: Optional[float], default: float) -> float:
+    return default if value is None else float(value)
