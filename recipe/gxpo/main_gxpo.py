@@ -262,11 +262,14 @@ def run_gxpo(config: DictConfig) -> None:
     from verl.trainer.main_ppo import run_ppo
 
     from recipe.gxpo.embedded import prepare_embedded_assets
+    from recipe.gxpo.embedded_vllm import use_vllm_model_variant
     from recipe.gxpo.summary import summarize
     from verl_ext.workers.task_runner import GXPOTaskRunner
 
     validate_update_rule(config)  # fail fast, before building anything
     for path in prepare_embedded_assets(config):
+        print(f"[gxpo] built embedded asset: {path}")
+    for path in use_vllm_model_variant(config):  # rollout.name=vllm on the embedded task
         print(f"[gxpo] built embedded asset: {path}")
     validate_gxpo_config(config)
     metrics_path = prepare_outputs(config)
