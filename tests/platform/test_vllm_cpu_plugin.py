@@ -83,27 +83,39 @@ def test_cpu_rollout_config_sets_what_cpu_vllm_needs():
 
 
 @needs_vllm
-def test_bounded_socket_raises_the_checks_error_instead_of_waiting_for_an_answer_that_never_comes():
-    """verl's weight sender waits for each acknowledgement with a blocking ``recv``; a vLLM worker that
-    failed never answers (a trainer hung 19 minutes). The bounded socket gives up through its check."""
+def test_bounded_socket_gives_up_through_its_check_when_the_vllm_worker_never_connects_or_answers():
+    """verl's weight sender blocks on ZeroMQ: ``send`` until the vLLM worker connects, ``recv`` until it
+    acknowledges. A worker that failed does neither (a trainer hung 19 minutes in ``update_weights``);
+    the bounded socket gives up through its check instead."""
     import zmq
 
     from verl_ext.rollout.vllm_cpu import WeightSyncError, _BoundedSocket
 
+    def check_until(seconds):
+        deadline = time.monotonic() + seconds
+
+        def check():
+            if time.monotonic() > deadline:
+                raise WeightSyncError("update_weights did not finish")
+        return check
+
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.REQ)
-    sock.bind("inproc://nobody-answers")
-    sock.send(b"bucket")
-    deadline = time.monotonic() + 0.5
-
-    def check():
-        if time.monotonic() > deadline:
-            raise WeightSyncError("update_weights did not finish")
-
-    with pytest.raises(WeightSyncError, match="update_weights"):
-        _BoundedSocket(sock, check, slice_ms=50).recv()
-    sock.close(linger=0)
-    ctx.term()
+    sender = ctx.socket(zmq.REQ)
+    sender.bind("inproc://weights")
+    try:
+        with pytest.raises(WeightSyncError, match="update_weights"):  # nobody connected
+            _BoundedSocket(sender, check_until(0.3), slice_ms=50).send_pyobj({"bucket_meta": {}})
+        worker = ctx.socket(zmq.REP)
+        worker.connect("inproc://weights")
+        bounded = _BoundedSocket(sender, check_until(0.3), slice_ms=50)
+        bounded.send_pyobj({"bucket_meta": {}})
+        assert worker.recv_pyobj() == {"bucket_meta": {}}  # received, never acknowledged
+        with pytest.raises(WeightSyncError, match="update_weights"):
+            bounded.recv()
+        worker.close(linger=0)
+    finally:
+        sender.close(linger=0)
+        ctx.term()
 
 
 @needs_vllm

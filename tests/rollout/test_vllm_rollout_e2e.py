@@ -94,6 +94,7 @@ def test_main_job_on_vllm_agrees_with_hf_and_syncs_weights(embedded, tmp_path):
     n = 4 * VAL_PROBLEMS
     p = (p_vllm + p_hf) / 2
     noise = math.sqrt(2 * p * (1 - p) / n)  # standard error of the difference of two independent estimates
+    print(f"step-0 validation accuracy: vLLM {p_vllm:.3f}, HF {p_hf:.3f} (noise of the difference {noise:.3f})")
     assert abs(p_vllm - p_hf) <= 4 * noise + 1e-9, (p_vllm, p_hf, noise)
 
 

@@ -157,7 +157,9 @@ class WeightSyncError(RuntimeError):
 
 
 class _BoundedSocket:
-    """The sender's ZeroMQ socket, whose ``recv`` waits in slices and calls ``check()`` between them."""
+    """The sender's ZeroMQ socket: ``send``/``send_pyobj`` (which block until the vLLM worker has
+    connected) and ``recv`` (which blocks until it acknowledges) wait in slices and call ``check()``
+    between them."""
 
     def __init__(self, socket, check, slice_ms: int = 200):
         self._socket, self._check, self._slice_ms = socket, check, slice_ms
@@ -165,9 +167,26 @@ class _BoundedSocket:
     def __getattr__(self, name):
         return getattr(self._socket, name)
 
-    def recv(self, *args, **kwargs):
-        while not self._socket.poll(self._slice_ms):
+    def _wait(self, flags) -> None:
+        while not self._socket.poll(self._slice_ms, flags) & flags:
             self._check()
+
+    def send(self, *args, **kwargs):
+        import zmq
+
+        self._wait(zmq.POLLOUT)
+        return self._socket.send(*args, **kwargs)
+
+    def send_pyobj(self, *args, **kwargs):
+        import zmq
+
+        self._wait(zmq.POLLOUT)
+        return self._socket.send_pyobj(*args, **kwargs)
+
+    def recv(self, *args, **kwargs):
+        import zmq
+
+        self._wait(zmq.POLLIN)
         return self._socket.recv(*args, **kwargs)
 
 
