@@ -60,6 +60,11 @@ def embedded_data_files(config: DictConfig) -> list[str]:
     return [_abs(p) for _, p in data_files(config) if _abs(p) in ours]
 
 
+def is_embedded_model(emb: DictConfig, model_path: str) -> bool:
+    """Whether ``model_path`` is the embedded task's own model (directly in ``<gxpo_embedded.dir>/<version>``)."""
+    return os.path.dirname(_abs(model_path)) == os.path.join(_abs(emb.dir), str(emb.version))
+
+
 def _prepare_data(data_dir: str, data_args: dict) -> bool:
     from verl_ext.data.arithmetic import make_arithmetic_dataset
 
@@ -99,7 +104,7 @@ def prepare_embedded_assets(config: DictConfig) -> list[str]:
             built.append(data_dir)
 
     model_path = _abs(config.actor_rollout_ref.model.path)
-    if os.path.dirname(model_path) == os.path.join(_abs(root), str(emb.version)):
+    if is_embedded_model(emb, model_path):
         from verl_ext.models.tiny import MANIFEST as TINY_MANIFEST
         from verl_ext.models.tiny import build_tiny_model
 

@@ -286,6 +286,7 @@ def run_gxpo(config: DictConfig) -> None:
 
     from recipe.gxpo.data_check import check_data_files
     from recipe.gxpo.embedded import embedded_data_files, prepare_embedded_assets
+    from recipe.gxpo.embedded_vllm import use_vllm_model_variant
     from recipe.gxpo.preemption import DriverStop
     from recipe.gxpo.resume import plan_resume
     from recipe.gxpo.run_lock import hold_run_dir
@@ -307,6 +308,8 @@ def run_gxpo(config: DictConfig) -> None:
     # one live run per directory: held from here until this process ends the run (recipe/gxpo/run_lock.py)
     with hold_run_dir(os.path.abspath(os.path.expanduser(str(config.trainer.default_local_dir)))):
         for path in prepare_embedded_assets(config):
+            print(f"[gxpo] built embedded asset: {path}")
+        for path in use_vllm_model_variant(config):  # rollout.name=vllm on the embedded task
             print(f"[gxpo] built embedded asset: {path}")
         check_data_files(config)
         validate_verl_config(config)

