@@ -94,7 +94,6 @@ def prepare_embedded_assets(config: DictConfig) -> list[str]:
     emb = config.get("gxpo_embedded")
     if emb is None:
         return []
-    root = str(emb.dir)
     built = []
 
     data_args = _section(emb, "data")
