@@ -4,8 +4,9 @@ verl's hybrid worker builds its actor from the class attribute ``actor_worker_cl
 swaps it and, once the actor exists, hands it the update rule from ``actor_rollout_ref.actor``
 (``update_rule``, ``gxpo``, ``sfpo``; see :class:`verl_ext.workers.config.GXPOActorConfig`).
 With ``actor.capo.enable`` the actor's loss gets CAPO's token mask (:mod:`.capo_loss`); with
-``actor.next.enable`` (LoRA) the worker holds a :class:`~.next_hook.NExtHook`, driven by the
-``next_step`` RPC and saved/restored with the actor checkpoint.
+``actor.next.enable`` (LoRA) the worker holds a NExt hook (:mod:`.next_hook`), driven by the
+``next_step`` (and, in ``next.mode=authors``, ``next_set_coef``) RPC and saved/restored with the
+actor checkpoint.
 Rollout, reference model, weight sync and checkpoint RPCs are verl's.
 """
 
@@ -46,6 +47,14 @@ class GXPOActorRolloutRefWorker(ActorRolloutRefWorker):
             return {}
         with self.actor.engine.train_mode():  # parameters on the device (offload) for the collectives
             return self.next_hook.step(int(global_step))
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def next_set_coef(self, coef: float) -> dict:
+        """NExt (authors mode): base weights at the event's point + ``coef`` x the predicted delta."""
+        if self.next_hook is None or not hasattr(self.next_hook, "set_coef"):
+            raise RuntimeError("next_set_coef: no NExt hook in next.mode=authors on this worker")
+        with self.actor.engine.train_mode():
+            return self.next_hook.set_coef(float(coef))
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def save_checkpoint(self, local_path, hdfs_path=None, global_step=0, max_ckpt_to_keep=None):
