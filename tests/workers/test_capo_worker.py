@@ -142,3 +142,24 @@ def test_actor_config_builds_and_validates_capo(model_path):
     with pytest.raises(ConfigError) as e:
         validate_actor_config(bad.actor_rollout_ref.actor)
     assert e.value.key == "actor_rollout_ref.actor.capo.fisher_tau"
+
+
+def test_adam_model_state_round_trips_through_a_checkpoint_directory(model_path, tmp_path):
+    """A resumed run continues with the same Adam moments (saved beside the actor checkpoint)."""
+    cfg = CAPOConfig(enable=True, fisher_tau=1e30, hessian_tau=1e30)
+    a = _actor(model_path, capo=cfg)
+    td = make_actor_update_batch(a, num_prompts=4, rollout_n=2, seed=3)
+    a.worker.train_mini_batch(_clone_td(td))
+    a.worker.loss_fn.save(str(tmp_path))
+    b = _actor(model_path, capo=cfg)  # the same weights after the same step, its moments then lost
+    b.worker.train_mini_batch(_clone_td(td))
+    lost = b.worker.loss_fn.adam
+    lost.m.zero_(), lost.v.zero_()
+    lost.t = 0
+    assert b.worker.loss_fn.load(str(tmp_path))
+    assert b.worker.loss_fn.adam.t == a.worker.loss_fn.adam.t > 0
+    assert torch.equal(b.worker.loss_fn.adam.m, a.worker.loss_fn.adam.m)
+    assert torch.equal(b.worker.loss_fn.adam.v, a.worker.loss_fn.adam.v)
+    out_a = a.worker.train_mini_batch(_clone_td(td))
+    out_b = b.worker.train_mini_batch(_clone_td(td))
+    assert _scalar(out_a["metrics"]["capo/kl_mean"]) == pytest.approx(_scalar(out_b["metrics"]["capo/kl_mean"]), rel=1e-6)

@@ -16,7 +16,7 @@ from verl.single_controller.base.decorator import Dispatch, register
 from verl.utils.config import omega_conf_to_dataclass
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
-from .capo_loss import install_capo
+from .capo_loss import CAPOLoss, install_capo
 from .config import GXPOActorConfig
 from .next_hook import build_next_hook
 from .training_worker import GXPOTrainingWorker
@@ -61,6 +61,8 @@ class GXPOActorRolloutRefWorker(ActorRolloutRefWorker):
         out = super().save_checkpoint(local_path, hdfs_path, global_step, max_ckpt_to_keep)
         if self.next_hook is not None:
             self.next_hook.save(local_path)
+        if isinstance(getattr(self.actor, "loss_fn", None), CAPOLoss):
+            self.actor.loss_fn.save(local_path)  # the Adam optimizer model's moments
         return out
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
@@ -68,5 +70,7 @@ class GXPOActorRolloutRefWorker(ActorRolloutRefWorker):
         out = super().load_checkpoint(local_path, hdfs_path, del_local_after_load)
         if self.next_hook is not None and local_path:
             self.next_hook.load(local_path)
+        if local_path and isinstance(getattr(self.actor, "loss_fn", None), CAPOLoss):
+            self.actor.loss_fn.load(local_path)
         return out
 

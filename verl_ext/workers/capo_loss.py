@@ -51,6 +51,7 @@ from verl_ext.core.capo import (
 )
 
 CAPO_METRIC_PREFIX = "capo/"
+CAPO_STATE_FILE = "capo_state_rank{rank}.pt"
 
 
 def _lm_head(module: torch.nn.Module) -> torch.nn.Module:
@@ -156,6 +157,33 @@ class CAPOLoss:
     def state_dict(self) -> dict:
         """The Adam model's moments (empty for the SGD model), for checkpoints."""
         return {"adam": self.adam.state_dict()} if self.adam is not None else {}
+
+    def save(self, local_path: str) -> None:
+        """The Adam model's state beside the actor checkpoint (one file per rank; nothing for SGD)."""
+        if self.adam is None:
+            return
+        import os
+
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        os.makedirs(local_path, exist_ok=True)
+        torch.save({k: (v.cpu() if torch.is_tensor(v) else v) for k, v in self.adam.state_dict().items()},
+                   os.path.join(local_path, CAPO_STATE_FILE.format(rank=rank)))
+
+    def load(self, local_path: str) -> bool:
+        """Restore the Adam model saved by :meth:`save` (built here if no forward has run yet)."""
+        import os
+
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        path = os.path.join(local_path, CAPO_STATE_FILE.format(rank=rank))
+        if self.cfg.optimizer_model != "adam" or not os.path.exists(path):
+            return False
+        state = torch.load(path, weights_only=True)
+        if self.adam is None:
+            vocab, hidden = state["m"].shape
+            dev = next(self.engine.module.parameters()).device
+            self.adam = AdamLogitModel(vocab, hidden, self.cfg.adam_beta1, self.cfg.adam_beta2, self.cfg.adam_eps, device=dev)
+        self.adam.load_state_dict(state)
+        return True
 
     # -- the loss --------------------------------------------------------------------------------
     def _packed(self, raw: torch.Tensor, data) -> torch.Tensor:
