@@ -66,6 +66,7 @@ NEXT_AUTHORS_MINI = ["actor_rollout_ref.actor.next.snapshot_every=1", "actor_rol
 # CAPO's own claim ("stable where baselines fail"): an aggressive step size. The embedded task's
 # default is 1e-4 (a warm-started model); at 1e-3 GRPO's first updates wreck it (conf/experiment/cpu_arithmetic.yaml).
 AGGRESSIVE_LR = ["actor_rollout_ref.actor.optim.lr=1.0e-3"]
+RAISED_LR = ["actor_rollout_ref.actor.optim.lr=3.0e-4"]  # between the two: GRPO degrades
 
 # row -> the Hydra overrides that make it (on top of the embedded default and the user's overrides)
 ROWS: dict[str, list[str]] = {
@@ -79,6 +80,8 @@ ROWS: dict[str, list[str]] = {
     "capo_gxpo_k5": ["method=capo_gxpo_k5"],      # the CAPO recipe's token mask + GXPO K=5
     "grpo_lr1e-3": ["actor_rollout_ref.actor.update_rule=grpo", *AGGRESSIVE_LR],
     "capo_lr1e-3": ["method=capo", *AGGRESSIVE_LR],
+    "grpo_lr3e-4": ["actor_rollout_ref.actor.update_rule=grpo", *RAISED_LR],
+    "capo_lr3e-4": ["method=capo", *RAISED_LR],
     "grpo_lora": ["actor_rollout_ref.actor.update_rule=grpo", *LORA],
     "next": ["method=next", *LORA, *NEXT_AUTHORS_MINI],   # NExt as its authors run it (scaled) + LoRA GRPO
     "next_online": ["method=next", *LORA, *NEXT_MINI],    # NExt's online variant + LoRA GRPO
@@ -86,16 +89,16 @@ ROWS: dict[str, list[str]] = {
 # the update rule a row's counters are logged under (<rule>/backward_passes, <rule>/shutoff_update)
 ROW_RULE = {"grpo": "grpo", "sfpo": "sfpo", "gxpo": "gxpo", "gxpo_paper_text": "gxpo", "gxpo_authors": "gxpo",
             "capo": "grpo", "capo_sgd": "grpo", "capo_gxpo_k5": "gxpo", "grpo_lr1e-3": "grpo", "capo_lr1e-3": "grpo",
-            "grpo_lora": "grpo", "next": "grpo", "next_online": "grpo"}
+            "grpo_lr3e-4": "grpo", "capo_lr3e-4": "grpo", "grpo_lora": "grpo", "next": "grpo", "next_online": "grpo"}
 # the GRPO row a row is measured against ("to GRPO's peak", paired differences): LoRA rows against
 # LoRA GRPO, everything else against full-parameter GRPO
 REFERENCE = {"grpo_lora": "grpo", "next": "grpo_lora", "next_online": "grpo_lora", "grpo_lr1e-3": "grpo",
-             "capo_lr1e-3": "grpo_lr1e-3"}
+             "capo_lr1e-3": "grpo_lr1e-3", "grpo_lr3e-4": "grpo", "capo_lr3e-4": "grpo_lr3e-4"}
 VARIANT_ROWS = ("gxpo_paper_text", "gxpo_authors")
 DEFAULT_ROWS = ("grpo", "sfpo", "gxpo_paper_text", "gxpo_authors")
 ACCEL_ROWS = ("capo", "capo_gxpo_k5", "grpo_lora", "next")
 # each accelerator's own claim: CAPO at the aggressive lr against GRPO at that lr (and at the default lr)
-CAPO_CLAIM_ROWS = ("grpo", "capo", "grpo_lr1e-3", "capo_lr1e-3")
+CAPO_CLAIM_ROWS = ("grpo", "capo", "grpo_lr3e-4", "capo_lr3e-4", "grpo_lr1e-3", "capo_lr1e-3")
 
 # two-sided 95% Student-t quantiles t_{0.975, df}
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
