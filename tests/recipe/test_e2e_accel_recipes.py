@@ -78,4 +78,6 @@ def test_capo_recipe_logs_its_mask_by_advantage_sign_and_pi(embedded_assets_dir,
         assert (d["capo/adam_step"] <= 1.0) if step == 1 else (d["capo/adam_step"] >= 2.0)
         assert "capo/masked_frac_adv_pos" in d and "capo/masked_frac_adv_neg" in d
         assert any(k.startswith("capo/masked_frac_pi_") for k in d)
-        assert d["capo/action_outside_topk"] == 0.0  # top-50 sampling: every sampled token is in pi's support
+        # top-50 sampling: the sampled tokens are in pi's top-50 support, up to ties at the 50th logit
+        # between the fp32 rollout and the bf16 training forward (measured: 0-0.4% of tokens)
+        assert d["capo/action_outside_topk"] < 0.02
