@@ -97,8 +97,6 @@ REFERENCE = {"grpo_lora": "grpo", "next": "grpo_lora", "next_online": "grpo_lora
 VARIANT_ROWS = ("gxpo_paper_text", "gxpo_authors")
 DEFAULT_ROWS = ("grpo", "sfpo", "gxpo_paper_text", "gxpo_authors")
 ACCEL_ROWS = ("capo", "capo_gxpo_k5", "grpo_lora", "next")
-# each accelerator's own claim: CAPO at the aggressive lr against GRPO at that lr (and at the default lr)
-CAPO_CLAIM_ROWS = ("grpo", "capo", "grpo_lr3e-4", "capo_lr3e-4", "grpo_lr1e-3", "capo_lr1e-3")
 
 # two-sided 95% Student-t quantiles t_{0.975, df}
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
