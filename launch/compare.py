@@ -2,7 +2,8 @@
 error bars -- Table 2 / Figure 3 in miniature.
 
     python -m launch.compare --seeds 3 [--steps 20] [--out runs/compare]
-        [--rows grpo,sfpo,gxpo_paper_text,gxpo_authors|all] [--resume] [--report-only] [-- hydra overrides]
+        [--rows grpo,sfpo,gxpo_paper_text,gxpo_authors|all] [--test-freq N] [--resume] [--report-only]
+        [-- hydra overrides]
 
 The rows and how each (row, seed) run is made: :mod:`recipe.gxpo.compare`. The runs go one after
 another, seed-major (a partial compare still has every row for the first seeds). The report --
@@ -32,10 +33,17 @@ def main(argv=None) -> int:
     ap.add_argument("--report-only", action="store_true", help="rebuild summary and plot from existing runs")
     ap.add_argument("--resume", action="store_true",
                     help="keep (row, seed) runs that already finished under --out with the same overrides; run the rest")
+    ap.add_argument("--test-freq", type=int, default=None,
+                    help="validate every N steps (trainer.test_freq=N for every run): steps / BP / seconds to the "
+                         "reference's peak at that resolution")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides applied to every run (after --)")
     args = ap.parse_args(argv)
     if args.seeds < 1 or args.steps < 1:
         ap.error("--seeds and --steps must be >= 1")
+    if args.test_freq is not None:
+        if args.test_freq < 1:
+            ap.error(f"--test-freq={args.test_freq}: must be >= 1")
+        args.overrides = [*args.overrides, f"trainer.test_freq={args.test_freq}"]
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if args.rows == "all":
@@ -50,8 +58,10 @@ def main(argv=None) -> int:
     bad = [r for r in rows if r not in compare.ROWS]
     if bad or "grpo" not in rows:
         ap.error(f"--rows={args.rows!r}: allowed {', '.join(compare.ROWS)} or all, and grpo must be included (the reference)")
-    if "next" in rows and "grpo_lora" not in rows:
-        ap.error(f"--rows={args.rows!r}: next is measured against LoRA GRPO; add grpo_lora to the rows")
+    for row in rows:  # a row is measured against its own reference (NExt against LoRA GRPO, ...): it must run
+        ref = compare.REFERENCE.get(row, "grpo")
+        if ref not in rows:
+            ap.error(f"--rows={args.rows!r}: {row} is measured against {ref}; add {ref} to the rows")
     seeds = list(range(1, args.seeds + 1))
     if not args.report_only:
         t0 = time.time()

@@ -1,8 +1,10 @@
 """Run metadata shared by the launchers and the report.
 
 A run is described by ``model``, ``method`` (the update rule: grpo | sfpo | gxpo), ``K``, ``alpha``,
-``seed``, ``variant`` (GXPO's ``paper_text`` | ``authors``), ``accel`` (the accelerator beside the rule: ``capo`` = CAPO's token mask, ``next`` = NExt's
-predict-extend; absent for none) and ``lora`` (the LoRA rank; absent or 0 for full-parameter
+``seed``, ``variant`` (GXPO's ``paper_text`` | ``authors``), ``accel`` (the accelerator beside the rule, by
+recipe: ``capo`` / ``capo_dr`` / ``capo_rein`` / ``capo_sgd`` = CAPO's token mask in the authors' CAPO /
+Dr.CAPO / ReinCAPO recipes or the SGD-model ablation, ``next`` / ``next_online`` = NExt as its authors
+run it / the online variant; absent for none) and ``lora`` (the LoRA rank; absent or 0 for full-parameter
 training). The launchers put these into run names and Ray job metadata; the report recovers them,
 in this order of preference, from a run's saved config (Hydra ``.hydra/config.yaml``, wandb config,
 the launcher's ``launch-*.json``), from its Hydra overrides, and last from its run name.
@@ -16,6 +18,7 @@ is the token right before the method (any token that looks like a model name: ``
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Iterable, Mapping
 
@@ -42,6 +45,13 @@ ACCELERATORS = {"capo": "actor_rollout_ref.actor.capo.enable", "next": "actor_ro
 RULE_TITLES = {"grpo": "GRPO", "sfpo": "SFPO", "gxpo": "GXPO"}
 #: config switch -> accelerator
 _ACCEL_OF_KEY = {k: a for a, k in ACCELERATORS.items()}
+#: accelerator labels by recipe (conf/method/capo*.yaml, next.yaml's next.mode) and their table titles
+ACCEL_LABELS = {"capo": "CAPO", "capo_dr": "Dr.CAPO", "capo_rein": "ReinCAPO", "capo_sgd": "CAPO[SGD]",
+                "next": "NExt", "next_online": "NExt[online]"}
+#: (optimizer_model, fisher_tau, hessian_tau) -> CAPO recipe, when a config does not name it
+CAPO_RECIPES = {("adam", 1e-4, 1e-2): "capo", ("adam", 1e-3, 5e-4): "capo_dr", ("adam", 1e-5, 1e-1): "capo_rein",
+                ("sgd", 1e-3, 5e-4): "capo_sgd"}
+_ACCEL_RE = r"(capo(?:_dr|_rein|_sgd)?|next(?:_online)?)"
 #: metadata fields in the order the launchers record them and the report groups by
 META_FIELDS = ("model", "method", "K", "alpha", "seed", "variant", "accel", "lora")
 DEFAULT_SEED_KEY = "data.seed"
@@ -73,10 +83,10 @@ def method_title(method: str | None, K: int | None = None, accel: str | None = N
             title += f" α={alpha:g}"
     if method == "gxpo" and variant:
         title += f" [{variant}]"
-    if accel == "capo":
-        return f"CAPO+{title}"
-    if accel == "next":
-        return f"NExt (LoRA {title})"
+    if accel and accel.startswith("capo"):
+        return f"{ACCEL_LABELS.get(accel, 'CAPO')}+{title}"
+    if accel and accel.startswith("next"):
+        return f"{ACCEL_LABELS.get(accel, 'NExt')} (LoRA {title})"
     if lora:
         return f"{title} (LoRA r{lora})"
     return title
@@ -111,7 +121,7 @@ def parse_method_group(choice: str) -> dict[str, Any]:
     """A ``conf/method`` option (or ``gxpo_run.method``) -> metadata: ``gxpo_k5`` -> {method: gxpo, K: 5};
     ``grpo`` -> {method: grpo}; ``capo`` -> {method: grpo, accel: capo}; ``capo_gxpo_k5`` ->
     {method: gxpo, K: 5, accel: capo}; ``next`` -> {method: grpo, accel: next}; else {}."""
-    m = re.fullmatch(r"(?:(capo|next)(?:[_-](grpo|sfpo|gxpo))?|(grpo|sfpo|gxpo))"
+    m = re.fullmatch(r"(?:" + _ACCEL_RE + r"(?:[_-](grpo|sfpo|gxpo))?|(grpo|sfpo|gxpo))"
                      r"(?:[_-]k(\d+))?(?:[_-]a(\d+(?:\.\d+)?))?", str(choice).strip().lower())
     if not m:
         return {}
@@ -176,12 +186,16 @@ def meta_from_overrides(overrides: Iterable[str], seed_key: str = DEFAULT_SEED_K
                 meta["seed"] = n
         elif key == "actor_rollout_ref.actor.gxpo.variant":
             meta["variant"] = value
+        elif key == "actor_rollout_ref.actor.next.mode":
+            meta["_next_mode"] = value
         else:
             m = re.fullmatch(r"actor_rollout_ref\.actor\.(gxpo|sfpo)\.(K|alpha)", key)
             if m:
                 n = _num(value)
                 if n is not None:
                     meta.setdefault("_per_rule", {}).setdefault(m.group(1), {})[m.group(2)] = n
+    if meta.pop("_next_mode", None) == "online" and meta.get("accel") == "next":
+        meta["accel"] = "next_online"
     per_rule = meta.pop("_per_rule", {})
     rule = meta.get("method")
     if rule in per_rule:
@@ -235,7 +249,7 @@ def meta_from_config(cfg: Mapping[str, Any] | None, seed_key: str = DEFAULT_SEED
             meta["variant"] = variant
     for accel, key in ACCELERATORS.items():
         if _get(cfg, key) is True:
-            meta["accel"] = accel
+            meta["accel"] = _accel_recipe(cfg, accel)
             break
     else:
         if isinstance(rule, str):
@@ -256,6 +270,23 @@ def meta_from_config(cfg: Mapping[str, Any] | None, seed_key: str = DEFAULT_SEED
     if isinstance(name, str):
         meta["run_name"] = name
     return meta
+
+
+def _accel_recipe(cfg: Mapping[str, Any], accel: str) -> str:
+    """The recipe label of an accelerator that is on in a full config: CAPO's by its method name
+    (``gxpo_run.method``) or its optimizer model and thresholds; NExt's by ``next.mode``."""
+    if accel == "next":
+        return "next_online" if _get(cfg, "actor_rollout_ref.actor.next.mode") == "online" else "next"
+    named = parse_method_group(str(_get(cfg, "gxpo_run.method") or "")).get("accel")
+    if named and named.startswith("capo"):
+        return named
+    capo = _get(cfg, "actor_rollout_ref.actor.capo") or {}
+    try:
+        key = (str(capo.get("optimizer_model", "sgd")), float(capo.get("fisher_tau")), float(capo.get("hessian_tau")))
+    except (TypeError, ValueError):
+        return "capo"
+    return next((label for k, label in CAPO_RECIPES.items() if k[0] == key[0] and math.isclose(k[1], key[1])
+                 and math.isclose(k[2], key[2])), "capo")
 
 
 _B, _E = r"(?:^|[_\-/])", r"(?=$|[_\-/])"  # token boundaries in run names
@@ -286,7 +317,7 @@ def meta_from_name(name: str) -> dict[str, Any]:
     m = re.search(_B + r"variant(" + "|".join(GXPO_VARIANTS) + r")" + _E, low)
     if m:
         meta["variant"] = m.group(1)
-    m = re.search(_B + r"(capo|next)" + _E, low)
+    m = re.search(_B + _ACCEL_RE + _E, low)
     if m:
         meta["accel"] = m.group(1)
         if "method" not in meta:

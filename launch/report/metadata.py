@@ -37,7 +37,7 @@ MODEL_ORDER = ["Qwen2.5-1.5B", "Qwen2.5-3B", "Qwen2.5-7B", "Llama3.2-3B"]
 METHOD_ORDER = {"grpo": 0, "sfpo": 1, "gxpo": 2}
 METHOD_TITLE = runmeta.RULE_TITLES
 #: rows without an accelerator first, then CAPO, then NExt (each in METHOD_ORDER)
-ACCEL_ORDER = {None: 0, "capo": 1, "next": 2}
+ACCEL_ORDER = {None: 0, "capo": 1, "capo_dr": 2, "capo_rein": 3, "capo_sgd": 4, "next": 5, "next_online": 6}
 #: config key holding the configured number of training steps
 TOTAL_STEPS_KEY = "trainer.total_training_steps"
 

@@ -34,12 +34,26 @@ from recipe.gxpo import run_layout
 # the same step size for NExt and its LoRA GRPO reference, so the two differ only by NExt's events.
 LORA = ["actor_rollout_ref.model.lora_rank=8", "actor_rollout_ref.model.lora_alpha=16",
         "actor_rollout_ref.actor.optim.lr=1.0e-3"]
-# NExt's schedule shrunk to the miniature's 20-60 steps (conf/method/next.yaml is sized for the
-# paper's hundreds): a snapshot every 2 steps, a 4-snapshot window, a target 2 snapshots ahead, a
-# predict-extend every 6 steps from step 8; a 300-epoch predictor fit (width 256 as the authors).
-NEXT_MINI = ["actor_rollout_ref.actor.next.snapshot_every=2", "actor_rollout_ref.actor.next.history=4",
-             "actor_rollout_ref.actor.next.horizon=2", "actor_rollout_ref.actor.next.interval=6",
-             "actor_rollout_ref.actor.next.start_step=8", "actor_rollout_ref.actor.next.epochs=300"]
+# NExt's online variant (next.mode=online) shrunk to the miniature's 20-60 steps: a snapshot every
+# 2 steps, a 4-snapshot window, a target 2 snapshots ahead, a predict-extend every 6 steps from step
+# 8; a 300-epoch predictor fit at lr 1e-3 on unit-RMS inputs (width 256 as the authors).
+NEXT_MINI = ["actor_rollout_ref.actor.next.mode=online", "actor_rollout_ref.actor.next.snapshot_every=2",
+             "actor_rollout_ref.actor.next.history=4", "actor_rollout_ref.actor.next.horizon=2",
+             "actor_rollout_ref.actor.next.interval=6", "actor_rollout_ref.actor.next.start_step=8",
+             "actor_rollout_ref.actor.next.epochs=300", "actor_rollout_ref.actor.next.lr=1.0e-3",
+             "actor_rollout_ref.actor.next.loss=mse"]
+# NExt as its authors run it (next.mode=authors, conf/method/next.yaml), the schedule scaled to a
+# 20-step run: the authors extend at step 150 of a LoRA GRPO that needs 400 to reach its accuracy
+# (0.375 of it), 50 steps ahead, from checkpoints every 10 -- here checkpoints every step, the event
+# at step 8, 3 steps ahead (training pairs from checkpoints 1..5); predictor, loss, lr, epochs and
+# coefficient grid are the authors' (next.yaml). Run it with validation every 2 steps (--test-freq 2).
+NEXT_AUTHORS_MINI = ["actor_rollout_ref.actor.next.snapshot_every=1", "actor_rollout_ref.actor.next.horizon=3",
+                     "actor_rollout_ref.actor.next.extend_at=8"]
+
+# CAPO's own claim ("stable where baselines fail"): an aggressive step size. The embedded task's
+# default is 1e-4 (a warm-started model); at 1e-3 GRPO's first updates wreck it (conf/experiment/cpu_arithmetic.yaml).
+AGGRESSIVE_LR = ["actor_rollout_ref.actor.optim.lr=1.0e-3"]
+RAISED_LR = ["actor_rollout_ref.actor.optim.lr=3.0e-4"]  # between the two: GRPO degrades
 
 # row -> the Hydra overrides that make it (on top of the embedded default and the user's overrides)
 ROWS: dict[str, list[str]] = {
@@ -48,17 +62,25 @@ ROWS: dict[str, list[str]] = {
     "gxpo": ["actor_rollout_ref.actor.update_rule=gxpo"],
     "gxpo_paper_text": ["actor_rollout_ref.actor.update_rule=gxpo", "actor_rollout_ref.actor.gxpo.variant=paper_text"],
     "gxpo_authors": ["actor_rollout_ref.actor.update_rule=gxpo", "actor_rollout_ref.actor.gxpo.variant=authors"],
-    "capo": ["method=capo"],                      # CAPO's token mask + GRPO
-    "capo_gxpo_k5": ["method=capo_gxpo_k5"],      # CAPO's token mask + GXPO K=5
+    "capo": ["method=capo"],                      # the authors' CAPO recipe (Adam model, 1e-4/0.01, top-50) + GRPO
+    "capo_sgd": ["method=capo_sgd"],              # CAPO's SGD-model ablation (1e-3/5e-4, full vocabulary)
+    "capo_gxpo_k5": ["method=capo_gxpo_k5"],      # the CAPO recipe's token mask + GXPO K=5
+    "grpo_lr1e-3": ["actor_rollout_ref.actor.update_rule=grpo", *AGGRESSIVE_LR],
+    "capo_lr1e-3": ["method=capo", *AGGRESSIVE_LR],
+    "grpo_lr3e-4": ["actor_rollout_ref.actor.update_rule=grpo", *RAISED_LR],
+    "capo_lr3e-4": ["method=capo", *RAISED_LR],
     "grpo_lora": ["actor_rollout_ref.actor.update_rule=grpo", *LORA],
-    "next": ["method=next", *LORA, *NEXT_MINI],   # NExt predict-extend + LoRA GRPO
+    "next": ["method=next", *LORA, *NEXT_AUTHORS_MINI],   # NExt as its authors run it (scaled) + LoRA GRPO
+    "next_online": ["method=next", *LORA, *NEXT_MINI],    # NExt's online variant + LoRA GRPO
 }
 # the update rule a row's counters are logged under (<rule>/backward_passes, <rule>/shutoff_update)
 ROW_RULE = {"grpo": "grpo", "sfpo": "sfpo", "gxpo": "gxpo", "gxpo_paper_text": "gxpo", "gxpo_authors": "gxpo",
-            "capo": "grpo", "capo_gxpo_k5": "gxpo", "grpo_lora": "grpo", "next": "grpo"}
+            "capo": "grpo", "capo_sgd": "grpo", "capo_gxpo_k5": "gxpo", "grpo_lr1e-3": "grpo", "capo_lr1e-3": "grpo",
+            "grpo_lr3e-4": "grpo", "capo_lr3e-4": "grpo", "grpo_lora": "grpo", "next": "grpo", "next_online": "grpo"}
 # the GRPO row a row is measured against ("to GRPO's peak", paired differences): LoRA rows against
 # LoRA GRPO, everything else against full-parameter GRPO
-REFERENCE = {"grpo_lora": "grpo", "next": "grpo_lora"}
+REFERENCE = {"grpo_lora": "grpo", "next": "grpo_lora", "next_online": "grpo_lora", "grpo_lr1e-3": "grpo",
+             "capo_lr1e-3": "grpo_lr1e-3", "grpo_lr3e-4": "grpo", "capo_lr3e-4": "grpo_lr3e-4"}
 VARIANT_ROWS = ("gxpo_paper_text", "gxpo_authors")
 DEFAULT_ROWS = ("grpo", "sfpo", "gxpo_paper_text", "gxpo_authors")
 ACCEL_ROWS = ("capo", "capo_gxpo_k5", "grpo_lora", "next")

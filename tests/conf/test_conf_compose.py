@@ -71,7 +71,7 @@ def _options(group: str) -> list[str]:
 
 BASE_MODELS = _options("base_model")
 # the paper's method rows; the other accelerators (CAPO, NExt) have their own compose tests
-EXTRA_METHODS = {"capo", "capo_gxpo_k5", "next"}
+EXTRA_METHODS = {"capo", "capo_dr", "capo_rein", "capo_sgd", "capo_gxpo_k5", "next"}
 METHODS = sorted(PAPER_METHODS)
 MATRIX = list(itertools.product(BASE_MODELS, METHODS))
 

@@ -118,7 +118,12 @@ def test_asymmetric_hessian_mask_drops_negative_predicted_change():
     [
         ({"fisher_tau": -1.0}, "fisher_tau"),
         ({"hessian_tau": float("nan")}, "hessian_tau"),
-        ({"optimizer_model": "adam"}, "optimizer_model"),
+        ({"optimizer_model": "lion"}, "optimizer_model"),
+        ({"optimizer_model": "adam", "top_k": 0}, "top_k"),
+        ({"top_k": -1}, "top_k"),
+        ({"adam_beta2": 1.0}, "adam_beta2"),
+        ({"adam_eps": 0.0}, "adam_eps"),
+        ({"ref_lr": -1e-4}, "ref_lr"),
         ({"enable": "yes"}, "enable"),
         ({"enable": True, "fisher_tau": 0.0, "hessian_tau": 0.0}, "fisher_tau"),
         ({"logits_chunk": 0}, "logits_chunk"),

@@ -40,7 +40,7 @@ def _lora_trajectory(t: float, seed: int = 0):
 
 def test_extrapolation_heads_to_the_known_continuation():
     n, h = 6, 2
-    cfg = NExtConfig(enable=True, history=n, horizon=h, interval=10, hidden=32, epochs=200, lr=1e-3)
+    cfg = NExtConfig(enable=True, mode="online", history=n, horizon=h, interval=10, hidden=32, epochs=200, lr=1e-3)
     anchor = _lora_trajectory(0)
     window = [_lora_trajectory(t) for t in range(1, n + 1)]
     pred, cost = fit_and_extrapolate(anchor, window, cfg)
@@ -62,7 +62,7 @@ def test_extrapolation_heads_to_the_known_continuation():
 
 
 def test_too_short_window_is_refused():
-    cfg = NExtConfig(enable=True, history=4, horizon=2, interval=10)
+    cfg = NExtConfig(enable=True, mode="online", history=4, horizon=2, interval=10)
     with pytest.raises(ValueError):
         fit_and_extrapolate(_lora_trajectory(0), [_lora_trajectory(t) for t in (1, 2, 3)], cfg)
 
@@ -71,9 +71,15 @@ def test_too_short_window_is_refused():
     "kw,key",
     [
         ({"interval": 0}, "interval"),
-        ({"history": 3, "horizon": 2}, "history"),
-        ({"snapshot_every": 2, "interval": 11}, "interval"),
-        ({"snapshot_every": 5, "history": 6, "interval": 20}, "interval"),
+        ({"mode": "online", "history": 3, "horizon": 2}, "history"),
+        ({"mode": "online", "snapshot_every": 2, "interval": 11}, "interval"),
+        ({"mode": "online", "snapshot_every": 5, "history": 6, "interval": 20}, "interval"),
+        ({"mode": "both"}, "mode"),
+        ({"loss": "huber"}, "loss"),
+        ({"snapshot_every": 10, "extend_at": 155}, "extend_at"),
+        ({"snapshot_every": 10, "horizon": 5, "extend_at": 50}, "extend_at"),
+        ({"coef_grid": []}, "coef_grid"),
+        ({"coef_grid": [1.0, -0.5]}, "coef_grid"),
         ({"coef": 0.0}, "coef"),
         ({"hidden": 1.5}, "hidden"),
         ({"lr": -1.0}, "lr"),

@@ -61,7 +61,7 @@ def _train_step(module, k):
 
 
 def test_worker_next_step_and_checkpoint_round_trip(tmp_path):
-    cfg = NExtConfig(enable=True, snapshot_every=1, history=3, horizon=1, interval=2, hidden=4, epochs=5)
+    cfg = NExtConfig(enable=True, mode="online", snapshot_every=1, history=3, horizon=1, interval=2, hidden=4, epochs=5)
     w, module = _worker(cfg)
     for step in (1, 2, 3):
         _train_step(module, step)
@@ -118,3 +118,56 @@ def test_capo_metrics_are_renamed_like_the_rule_metrics():
     from verl_ext.workers import trainer
 
     assert "actor/capo/" in trainer._RULE_PREFIXES
+
+
+class _AuthorsWG:
+    """The actor group at a next.mode=authors event: step 5 is the event; validation accuracy per coef."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def next_step(self, step):
+        return [{"next/events": 1.0, "next/event_pending": 1.0 if step == 5 else 0.0}]
+
+    def next_set_coef(self, coef):
+        self.log.append(("set", coef))
+        return [{"next/coef": coef}]
+
+
+def test_trainer_chooses_the_authors_coefficient_on_validation():
+    """At the event the trainer tries every coefficient of the grid -- set, sync to the rollout,
+    verl's validation -- and keeps the best validation accuracy (ties: the smaller coefficient)."""
+    log = []
+    acc = {0.5: 0.30, 1.0: 0.42, 1.5: 0.42, 2.0: 0.10}
+    state = {}
+
+    class _CkptMgr:
+        def update_weights(self, step):
+            log.append(("sync", step))
+
+    t = GXPOTrainerSync.__new__(GXPOTrainerSync)
+    t.config = OmegaConf.create({"actor_rollout_ref": {"actor": {"next": {"enable": True, "coef_grid": list(acc)}}}})
+    t.actor_rollout_wg = _AuthorsWG(log)
+    t.checkpoint_manager = _CkptMgr()
+    t.global_steps = 5
+
+    def _validate():
+        coef = [c for kind, c in log if kind == "set"][-1]
+        log.append(("val", coef))
+        return {"val-core/arithmetic/acc/mean@4": acc[coef], "val-aux/arithmetic/reward/mean@4": 0.0}
+
+    t._validate = _validate
+    metrics = {}
+    t._next_after_update(metrics)
+    want = []
+    for c in acc:
+        want += [("set", c), ("sync", 5), ("val", c)]
+    assert log == want + [("set", 1.0)]
+    assert metrics["next/coef"] == 1.0 and metrics["next/coef_val_best"] == 0.42
+    assert {k: v for k, v in metrics.items() if k.startswith("next/coef_val/")} == {
+        "next/coef_val/0.5": 0.30, "next/coef_val/1": 0.42, "next/coef_val/1.5": 0.42, "next/coef_val/2": 0.10}
+    # not the event step: no validation, no coefficient
+    log.clear()
+    t.global_steps = 6
+    t._next_after_update(metrics := {})
+    assert log == [] and "next/coef" not in metrics

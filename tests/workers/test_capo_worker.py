@@ -47,15 +47,28 @@ def _assert_params(a, b, exact):
             torch.testing.assert_close(pa[k], pb[k], rtol=1e-5, atol=1e-7, msg=k)
 
 
-@pytest.mark.parametrize("rule", ["grpo", "gxpo"])
-def test_masking_nothing_reproduces_the_plain_update_exactly(model_path, rule):
-    never = CAPOConfig(enable=True, fisher_tau=1e30, hessian_tau=1e30)
+@pytest.mark.parametrize("rule,model", [("grpo", "adam"), ("gxpo", "adam"), ("grpo", "sgd")])
+def test_masking_nothing_reproduces_the_plain_update_exactly(model_path, rule, model):
+    top_k = 50 if model == "adam" else 0
+    never = CAPOConfig(enable=True, fisher_tau=1e30, hessian_tau=1e30, optimizer_model=model, top_k=top_k)
     a, b = _actor(model_path, rule, capo=never), _actor(model_path, rule)
     td = make_actor_update_batch(a, num_prompts=4, rollout_n=2, seed=3)
+    steps = []
+    a.worker.engine.optimizer.register_step_post_hook(lambda *_: steps.append(1))
     for _ in range(2):
         out_a = a.worker.train_mini_batch(_clone_td(td))
         out_b = b.worker.train_mini_batch(_clone_td(td))
     _assert_params(a, b, exact=True)
+    wrapper = a.worker.loss_fn
+    if model == "adam":  # the Adam model's moments advance once per optimizer step, on the rows seen
+        assert wrapper.adam is not None and wrapper.adam.t == len(steps) > 0
+        assert float(wrapper.adam.m.abs().sum()) > 0 and float(wrapper.adam.v.min()) >= 0
+        assert _scalar(out_a["metrics"]["capo/adam_step"]) >= 1
+    else:
+        assert wrapper.adam is None
+    # the masked fraction by advantage sign and by pi_a is logged (0 here: nothing is masked)
+    assert any(k.startswith("capo/masked_frac_pi_") for k in out_a["metrics"])
+    assert all(_scalar(v) == 0.0 for k, v in out_a["metrics"].items() if k.startswith("capo/masked_frac_"))
     ma, mb = out_a["metrics"], out_b["metrics"]
     assert ma["grad_norm"] == mb["grad_norm"]
     assert _scalar(ma["capo/masked_frac"]) == 0.0
@@ -129,3 +142,24 @@ def test_actor_config_builds_and_validates_capo(model_path):
     with pytest.raises(ConfigError) as e:
         validate_actor_config(bad.actor_rollout_ref.actor)
     assert e.value.key == "actor_rollout_ref.actor.capo.fisher_tau"
+
+
+def test_adam_model_state_round_trips_through_a_checkpoint_directory(model_path, tmp_path):
+    """A resumed run continues with the same Adam moments (saved beside the actor checkpoint)."""
+    cfg = CAPOConfig(enable=True, fisher_tau=1e30, hessian_tau=1e30)
+    a = _actor(model_path, capo=cfg)
+    td = make_actor_update_batch(a, num_prompts=4, rollout_n=2, seed=3)
+    a.worker.train_mini_batch(_clone_td(td))
+    a.worker.loss_fn.save(str(tmp_path))
+    b = _actor(model_path, capo=cfg)  # the same weights after the same step, its moments then lost
+    b.worker.train_mini_batch(_clone_td(td))
+    lost = b.worker.loss_fn.adam
+    lost.m.zero_(), lost.v.zero_()
+    lost.t = 0
+    assert b.worker.loss_fn.load(str(tmp_path))
+    assert b.worker.loss_fn.adam.t == a.worker.loss_fn.adam.t > 0
+    assert torch.equal(b.worker.loss_fn.adam.m, a.worker.loss_fn.adam.m)
+    assert torch.equal(b.worker.loss_fn.adam.v, a.worker.loss_fn.adam.v)
+    out_a = a.worker.train_mini_batch(_clone_td(td))
+    out_b = b.worker.train_mini_batch(_clone_td(td))
+    assert _scalar(out_a["metrics"]["capo/kl_mean"]) == pytest.approx(_scalar(out_b["metrics"]["capo/kl_mean"]), rel=1e-6)

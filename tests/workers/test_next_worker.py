@@ -20,7 +20,7 @@ from verl_ext.workers.next_hook import NExtHook, build_next_hook  # noqa: E402
 from verl_ext.workers.training_worker import GXPOTrainingWorker  # noqa: E402
 
 # a snapshot every step, 3-snapshot window, target 1 snapshot ahead, an event every 2 steps
-FAST = dict(enable=True, snapshot_every=1, history=3, horizon=1, interval=2, hidden=8, epochs=30, lr=1e-2, coef=2.0)
+FAST = dict(enable=True, mode="online", snapshot_every=1, history=3, horizon=1, interval=2, hidden=8, epochs=30, lr=1e-2, coef=2.0)
 N_STEPS = 6
 
 
@@ -141,3 +141,66 @@ def test_next_refuses_a_model_without_lora(model_path):
     assert e.value.key == "actor_rollout_ref.actor.next.enable"
     with pytest.raises(ValueError):
         NExtHook(a.module, NExtConfig(enable=False))
+
+
+# the authors' procedure, scaled: checkpoints every step from 0, the event at step 4, 1 step ahead
+AUTHORS = dict(enable=True, mode="authors", snapshot_every=1, horizon=1, extend_at=4, hidden=8, epochs=30, lr=1e-2)
+
+
+def _merged(actor):
+    """{layer: base_weight + scaling * B A} of the engine's LoRA layers (full tensors)."""
+    from verl_ext.workers.next_hook import _full, lora_layers
+
+    out = {}
+    for name, mod in lora_layers(actor.module):
+        W = _full(mod.base_layer.weight).float()
+        B, A = _full(mod.lora_B["default"].weight).float(), _full(mod.lora_A["default"].weight).float()
+        out[name] = W + float(mod.scaling["default"]) * B @ A
+    return out
+
+
+def test_authors_mode_moves_the_merged_weights_by_coef_times_the_rank1_prediction(model_path, batches):
+    from verl_ext.workers.next_hook import NExtAuthorsHook
+
+    a = _actor(model_path)
+    hook = build_next_hook(a.worker, NExtConfig(**AUTHORS), a.model_config)
+    assert isinstance(hook, NExtAuthorsHook) and 0 in hook.checkpoints and len(hook.layers) > 0
+    ms = _run(a, hook, batches, 4)
+    assert [m["next/event_pending"] for m in ms] == [0.0, 0.0, 0.0, 1.0] and ms[-1]["next/events"] == 1.0
+    assert ms[-1]["next/predictor_params"] > 0 and ms[-1]["next/delta_norm"] > 0
+    assert hook.checkpoints == {}  # one event: the history is released
+    adapters = {n: p.detach().clone() for n, p in a.module.named_parameters() if p.requires_grad}
+    w0 = _merged(a)
+    for coef in (2.5, 0.5, 1.5):  # the trainer's grid search: each coefficient from the same point
+        assert hook.set_coef(coef) == {"next/coef": coef}
+        w = _merged(a)
+        for name, part in hook.pred.items():
+            jump = w[name] - w0[name]
+            want = coef * part["s"] * torch.outer(part["u"], part["v"])
+            torch.testing.assert_close(jump, want, rtol=1e-4, atol=1e-6)
+            S = torch.linalg.svdvals(jump.double())
+            assert float(S[1] / S[0]) < 1e-2  # rank 1 up to float32 rounding of W + jump
+    for n, p in a.module.named_parameters():  # adapters untouched: training resumes from the jump
+        if p.requires_grad:
+            assert torch.equal(p.detach(), adapters[n]), n
+    # later steps do nothing more; training continues from the chosen point
+    a.worker.train_mini_batch(_clone_td(batches[4]))
+    m5 = hook.step(5)
+    assert m5["next/event_pending"] == 0.0 and m5["next/events"] == 1.0 and hook.chosen == 1.5
+
+
+def test_authors_mode_before_the_event_is_plain_lora_grpo_and_resumes(model_path, batches, tmp_path):
+    plain = _actor(model_path)
+    _run(plain, None, batches, 3)
+    a = _actor(model_path)
+    hook = build_next_hook(a.worker, NExtConfig(**AUTHORS), a.model_config)
+    _run(a, hook, batches, 3)
+    _params_equal(plain, a)
+    ck = str(tmp_path / "actor")
+    hook.save(ck)
+    b = _actor(model_path)
+    hook_b = build_next_hook(b.worker, NExtConfig(**AUTHORS), b.model_config)
+    assert hook_b.load(ck) and sorted(hook_b.checkpoints) == [0, 1, 2, 3]
+    online = build_next_hook(b.worker, NExtConfig(**FAST), b.model_config)
+    with pytest.raises(ValueError, match="next.mode=authors"):
+        online.load(ck)

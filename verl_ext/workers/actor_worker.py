@@ -4,8 +4,9 @@ verl's hybrid worker builds its actor from the class attribute ``actor_worker_cl
 swaps it and, once the actor exists, hands it the update rule from ``actor_rollout_ref.actor``
 (``update_rule``, ``gxpo``, ``sfpo``; see :class:`verl_ext.workers.config.GXPOActorConfig`).
 With ``actor.capo.enable`` the actor's loss gets CAPO's token mask (:mod:`.capo_loss`); with
-``actor.next.enable`` (LoRA) the worker holds a :class:`~.next_hook.NExtHook`, driven by the
-``next_step`` RPC and saved/restored with the actor checkpoint.
+``actor.next.enable`` (LoRA) the worker holds a NExt hook (:mod:`.next_hook`), driven by the
+``next_step`` (and, in ``next.mode=authors``, ``next_set_coef``) RPC and saved/restored with the
+actor checkpoint.
 Rollout, reference model, weight sync and checkpoint RPCs are verl's.
 """
 
@@ -15,7 +16,7 @@ from verl.single_controller.base.decorator import Dispatch, register
 from verl.utils.config import omega_conf_to_dataclass
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
-from .capo_loss import install_capo
+from .capo_loss import CAPOLoss, install_capo
 from .config import GXPOActorConfig
 from .next_hook import build_next_hook
 from .training_worker import GXPOTrainingWorker
@@ -48,10 +49,20 @@ class GXPOActorRolloutRefWorker(ActorRolloutRefWorker):
             return self.next_hook.step(int(global_step))
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def next_set_coef(self, coef: float) -> dict:
+        """NExt (authors mode): base weights at the event's point + ``coef`` x the predicted delta."""
+        if self.next_hook is None or not hasattr(self.next_hook, "set_coef"):
+            raise RuntimeError("next_set_coef: no NExt hook in next.mode=authors on this worker")
+        with self.actor.engine.train_mode():
+            return self.next_hook.set_coef(float(coef))
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def save_checkpoint(self, local_path, hdfs_path=None, global_step=0, max_ckpt_to_keep=None):
         out = super().save_checkpoint(local_path, hdfs_path, global_step, max_ckpt_to_keep)
         if self.next_hook is not None:
             self.next_hook.save(local_path)
+        if isinstance(getattr(self.actor, "loss_fn", None), CAPOLoss):
+            self.actor.loss_fn.save(local_path)  # the Adam optimizer model's moments
         return out
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
@@ -59,5 +70,7 @@ class GXPOActorRolloutRefWorker(ActorRolloutRefWorker):
         out = super().load_checkpoint(local_path, hdfs_path, del_local_after_load)
         if self.next_hook is not None and local_path:
             self.next_hook.load(local_path)
+        if local_path and isinstance(getattr(self.actor, "loss_fn", None), CAPOLoss):
+            self.actor.loss_fn.load(local_path)
         return out
 

@@ -1,4 +1,17 @@
-"""verl adapter: the online NExt predict-extend on a LoRA actor's trainable adapters, every rank.
+"""verl adapter: NExt's predict-extend on a LoRA actor, every rank.
+
+Two hooks, by ``actor.next.mode``:
+
+* ``authors`` -- :class:`NExtAuthorsHook`, the authors' procedure: the LoRA factors of every
+  adapted layer are checkpointed (host memory) every ``snapshot_every`` steps from step 0; at
+  ``extend_at`` rank 0 trains the predictor on all of them
+  (:func:`verl_ext.core.next.fit_and_predict_lora`, rank-1 of the merged deltas from the factors)
+  and broadcasts the predicted rank-1 delta per layer; the trainer then tries each coefficient of
+  ``coef_grid`` (``next_set_coef`` RPC: the layer's *base* weight becomes ``W + coef * delta``,
+  the merged weight moves by exactly the rank-1 jump; the adapters and the optimizer state stay),
+  syncs the weights to the rollout and runs verl's validation, and keeps the best
+  (:func:`choose_coef_on_validation`); training resumes from there. One event per run.
+* ``online`` -- :class:`NExtHook` (below).
 
 :class:`NExtHook` lives on the actor worker (``GXPOActorRolloutRefWorker.next_hook``); the trainer
 calls the worker's ``next_step(global_step)`` RPC after each actor update (before the weight sync,
@@ -34,7 +47,7 @@ import torch.distributed as dist
 
 from verl_ext.core.config import ConfigError
 from verl_ext.core.dist import local
-from verl_ext.core.next import NExtConfig, NExtCost, fit_and_extrapolate, flat_cosine
+from verl_ext.core.next import AUTHORS_COEF_GRID, NExtConfig, NExtCost, fit_and_extrapolate, fit_and_predict_lora, flat_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +101,8 @@ class NExtHook:
         for name, p in self._params():
             full = deltas[name].to(self._device())
             if _is_dtensor(p):
-                local = distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None).to_local()
-                p.to_local().add_(local.to(p.dtype))
+                shard = distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None).to_local()
+                p.to_local().add_(shard.to(p.dtype))
             else:
                 p.add_(full.to(p.dtype))
 
@@ -161,6 +174,8 @@ class NExtHook:
                 "flops_total": self.flops_total, "seconds_total": self.seconds_total}
 
     def load_state_dict(self, state: dict) -> None:
+        if state.get("mode") == "authors":
+            raise ValueError("NExt: the saved hook state is from next.mode=authors; this run has next.mode=online")
         self.anchor = state["anchor"]
         self.window = list(state["window"])
         self.pending = state["pending"]
@@ -186,6 +201,169 @@ class NExtHook:
         return True
 
 
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    t = t.detach()
+    return t.full_tensor() if _is_dtensor(t) else t
+
+
+def lora_layers(module: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """The peft LoRA layers of ``module`` (``lora_A``/``lora_B``/``base_layer``, adapter ``default``)."""
+    out = []
+    for name, mod in module.named_modules():
+        la, lb = getattr(mod, "lora_A", None), getattr(mod, "lora_B", None)
+        if la is not None and lb is not None and hasattr(mod, "base_layer") and "default" in la:
+            out.append((name, mod))
+    return out
+
+
+class NExtAuthorsHook:
+    """The authors' NExt on merged LoRA deltas (see module doc); same interface as :class:`NExtHook`
+    plus :meth:`set_coef`."""
+
+    def __init__(self, module: torch.nn.Module, cfg: NExtConfig):
+        if not cfg.enable:
+            raise ValueError("NExtAuthorsHook built with next.enable=false")
+        self.module = module
+        self.cfg = cfg
+        self.layers = lora_layers(module)
+        if not self.layers:
+            raise ValueError("NExt (authors): the actor has no LoRA layers (peft lora_A / lora_B)")
+        self.checkpoints: dict[int, dict[str, tuple]] = {0: self.factors()}
+        self.pred: Optional[dict[str, dict[str, torch.Tensor]]] = None
+        self.applied = 0.0
+        self.events = 0
+        self.chosen: Optional[float] = None
+        self.flops_total = 0.0
+        self.seconds_total = 0.0
+
+    @torch.no_grad()
+    def factors(self) -> dict[str, tuple]:
+        """{layer: (B [m, r], A [r, n], scaling)} on the host (an all-gather per sharded factor)."""
+        out = {}
+        for name, mod in self.layers:
+            A = _full(mod.lora_A["default"].weight).float().cpu().clone()
+            B = _full(mod.lora_B["default"].weight).float().cpu().clone()
+            out[name] = (B, A, float(mod.scaling["default"]))
+        return out
+
+    def _device(self) -> torch.device:
+        w = self.layers[0][1].base_layer.weight
+        return local(w).device
+
+    def step(self, global_step: int) -> dict[str, float]:
+        cfg, p = self.cfg, NEXT_METRIC_PREFIX
+        metrics: dict[str, float] = {}
+        if self.events == 0 and global_step % cfg.snapshot_every == 0 and global_step <= cfg.extend_at:
+            self.checkpoints[global_step] = self.factors()
+        pending = self.events == 0 and global_step == cfg.extend_at
+        if pending:
+            metrics.update(self._predict())
+        metrics[f"{p}events"] = float(self.events)
+        metrics[f"{p}event_pending"] = 1.0 if pending else 0.0
+        metrics[f"{p}window"] = float(len(self.checkpoints))
+        metrics[f"{p}predictor_flops_total"] = self.flops_total
+        metrics[f"{p}predictor_seconds_total"] = self.seconds_total
+        return metrics
+
+    def _predict(self) -> dict[str, float]:
+        rank0 = not dist.is_initialized() or dist.get_rank() == 0
+        dev = self._device()
+        if rank0:
+            pred, cost = fit_and_predict_lora(self.checkpoints, self.cfg)
+        else:
+            pred, cost = None, NExtCost()
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            obj = [pred, (cost.predictor_params, cost.samples, cost.flops, cost.seconds, cost.fit_loss)]
+            dist.broadcast_object_list(obj, src=0)
+            pred, c = obj
+            cost = NExtCost(int(c[0]), int(c[1]), float(c[2]), float(c[3]), float(c[4]))
+        self.pred = {k: {kk: vv.to(dev) for kk, vv in v.items()} for k, v in pred.items()}
+        self.events = 1
+        self.checkpoints = {}  # one event per run: the history is no longer needed
+        self.flops_total += cost.flops
+        self.seconds_total += cost.seconds
+        norm = math.sqrt(sum(float(v["s"]) ** 2 for v in self.pred.values()))
+        logger.info("NExt (authors) at step %d: predicted |delta| = %.4g, predictor %.3g FLOPs in %.2f s",
+                    self.cfg.extend_at, norm, cost.flops, cost.seconds)
+        return {f"{NEXT_METRIC_PREFIX}delta_norm": norm, **cost.as_metrics(NEXT_METRIC_PREFIX)}
+
+    @torch.no_grad()
+    def set_coef(self, coef: float) -> dict[str, float]:
+        """Base weights at ``W_event + coef * delta`` (each rank its shard); the adapters are untouched."""
+        from torch.distributed.tensor import distribute_tensor
+
+        if self.pred is None:
+            raise RuntimeError("NExt (authors): set_coef before the predict-extend event")
+        d = float(coef) - self.applied
+        if d != 0.0:
+            for name, mod in self.layers:
+                part = self.pred[name]
+                w = mod.base_layer.weight
+                full = (d * part["s"].reshape(()) * torch.outer(part["u"], part["v"])).to(self._device())
+                if _is_dtensor(w):
+                    shard = distribute_tensor(full, w.device_mesh, w.placements, src_data_rank=None).to_local()
+                    w.to_local().add_(shard.to(w.dtype))
+                else:
+                    w.add_(full.to(w.dtype))
+            self.applied = float(coef)
+        self.chosen = float(coef)
+        return {f"{NEXT_METRIC_PREFIX}coef": float(coef)}
+
+    # -- persistence (the base weights themselves are in the actor checkpoint) -------------------
+    def state_dict(self) -> dict:
+        pred = {k: {kk: vv.cpu() for kk, vv in v.items()} for k, v in self.pred.items()} if self.pred else None
+        return {"mode": "authors", "checkpoints": self.checkpoints, "pred": pred, "applied": self.applied,
+                "events": self.events, "chosen": self.chosen, "flops_total": self.flops_total,
+                "seconds_total": self.seconds_total}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("mode") != "authors":
+            raise ValueError("NExt: the saved hook state is from next.mode=online; this run has next.mode=authors")
+        self.checkpoints = dict(state["checkpoints"])
+        self.pred = state["pred"]
+        self.applied = float(state["applied"])
+        self.events = int(state["events"])
+        self.chosen = state["chosen"]
+        self.flops_total = float(state["flops_total"])
+        self.seconds_total = float(state["seconds_total"])
+
+    state_path = staticmethod(NExtHook.state_path)
+    save = NExtHook.save
+    load = NExtHook.load
+
+
+def _val_accuracy(val_metrics: dict) -> float:
+    """The validation accuracy a coefficient is judged by: the first ``val-core/<source>/acc/mean@<n>``
+    (else the first ``val-core/...`` metric)."""
+    keys = sorted(k for k in val_metrics if k.startswith("val-core/") and "/acc/mean@" in k)
+    keys = keys or sorted(k for k in val_metrics if k.startswith("val-core/"))
+    if not keys:
+        raise RuntimeError(f"NExt (authors): validation returned no val-core/ metric to choose the coefficient by: {sorted(val_metrics)}")
+    return float(val_metrics[keys[0]])
+
+
+def choose_coef_on_validation(trainer, coef_grid) -> dict[str, float]:
+    """The authors' coefficient search, inside the gxpo_sync trainer at the predict-extend step.
+
+    For each coefficient: every actor rank sets its base weights (``next_set_coef``), the weights go
+    to the rollout (verl's ``checkpoint_manager.update_weights``) and verl's validation runs; the
+    best validation accuracy wins (ties: the smaller coefficient) and is set last. Metrics:
+    ``next/coef`` and ``next/coef_val/<coef>``."""
+    grid = [float(c) for c in (coef_grid or AUTHORS_COEF_GRID)]
+    scores: dict[float, float] = {}
+    for c in grid:
+        trainer.actor_rollout_wg.next_set_coef(c)
+        trainer.checkpoint_manager.update_weights(trainer.global_steps)
+        scores[c] = _val_accuracy(trainer._validate())
+        logger.info("NExt (authors): coef %g -> validation accuracy %.4f", c, scores[c])
+    best = max(grid, key=lambda c: (scores[c], -c))
+    trainer.actor_rollout_wg.next_set_coef(best)
+    out = {f"{NEXT_METRIC_PREFIX}coef": best, f"{NEXT_METRIC_PREFIX}coef_val_best": scores[best]}
+    out.update({f"{NEXT_METRIC_PREFIX}coef_val/{c:g}": a for c, a in scores.items()})
+    return out
+
+
 def check_next_config(config) -> None:
     """Driver-side check of a composed trainer config: NExt needs LoRA adapters.
 
@@ -199,8 +377,8 @@ def check_next_config(config) -> None:
                           "false unless actor_rollout_ref.model.lora_rank > 0 (NExt extrapolates LoRA adapters)")
 
 
-def build_next_hook(training_worker, cfg: NExtConfig, model_config) -> Optional[NExtHook]:
-    """The hook for a LoRA actor's ``TrainingWorker`` (None when ``actor.next.enable`` is false).
+def build_next_hook(training_worker, cfg: NExtConfig, model_config):
+    """The hook for a LoRA actor's ``TrainingWorker`` by ``cfg.mode`` (None when ``actor.next.enable`` is false).
 
     The anchor snapshot is taken here (before training), inside the engine's train mode so that
     offloaded parameters are on the device for the all-gathers.
@@ -211,7 +389,10 @@ def build_next_hook(training_worker, cfg: NExtConfig, model_config) -> Optional[
         raise ConfigError("actor_rollout_ref.actor.next.enable", True,
                           "false unless actor_rollout_ref.model.lora_rank > 0 (NExt extrapolates LoRA adapters)")
     with training_worker.engine.train_mode():
+        if cfg.mode == "authors":
+            return NExtAuthorsHook(training_worker.engine.module, cfg)
         return NExtHook(training_worker.engine.module, cfg)
 
 
-__all__ = ["NEXT_METRIC_PREFIX", "NEXT_STATE_FILE", "NExtHook", "build_next_hook", "check_next_config"]
+__all__ = ["NEXT_METRIC_PREFIX", "NEXT_STATE_FILE", "NExtAuthorsHook", "NExtHook", "build_next_hook", "check_next_config",
+           "choose_coef_on_validation", "lora_layers"]

@@ -30,6 +30,7 @@ from verl_ext.metrics.pass_at_k import parse_pass_at_k_setting, pass_at_k_metric
 from verl_ext.rewards.guard import ZEROED_METRIC
 
 from . import checkpoint_files
+from . import advantages as _advantages  # noqa: F401  (registers reinforce_no_baseline: method=capo_rein)
 from .actor_worker import GXPOActorRolloutRefWorker
 from .preemption import FlagReader
 from .resource_queue import DEFAULT_WAIT_S, QueueingResourcePoolManager
@@ -139,11 +140,17 @@ class GXPOTrainerSync(PPOTrainerSync):
 
     def _next_after_update(self, metrics: dict) -> None:
         """NExt (``actor.next.enable``): snapshot / predict-extend the LoRA adapters on every actor
-        rank after this step's update, before the weight sync; its ``next/...`` metrics."""
-        if not self.config.actor_rollout_ref.actor.get("next", {}).get("enable", False):
+        rank after this step's update, before the weight sync; its ``next/...`` metrics. In
+        ``next.mode=authors`` the event's coefficient is chosen here with verl's validation."""
+        nxt = self.config.actor_rollout_ref.actor.get("next", {})
+        if not nxt.get("enable", False):
             return
         out = self.actor_rollout_wg.next_step(self.global_steps)
         metrics.update(out[0] if isinstance(out, list) else out)
+        if metrics.get("next/event_pending"):  # next.mode=authors: the coefficient is chosen on validation
+            from .next_hook import choose_coef_on_validation
+
+            metrics.update(choose_coef_on_validation(self, nxt.get("coef_grid")))
 
     def _install_console(self) -> None:
         """``trainer.console=concise``: one line per step instead of verl's all-metrics console line
