@@ -1,4 +1,4 @@
-"""Per-coordinate math of GXPO (spec sections 3 and 10): active set, retention ratio, scale, scale clamp.
+"""Per-coordinate math of GXPO (docs/algorithm.md#active-update, #variants): active set, retention ratio, scale, scale clamp.
 
 Pure functions on plain tensors (one chunk of one local shard at a time), one per axis of spec
 section 10, each separately tested:

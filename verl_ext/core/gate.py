@@ -1,4 +1,4 @@
-"""The shutoff gate (spec sections 4 and 10): a z-score test on a scalar signal, with a permanent trip.
+"""The shutoff gate (docs/algorithm.md#shutoff-gate, #variants): a z-score test on a scalar signal, with a permanent trip.
 
 The gate is composed of one *statistic* (how the baseline of the signal is kept) and one *test*:
 

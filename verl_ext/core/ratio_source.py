@@ -1,4 +1,4 @@
-"""What the retention ratio is formed from (spec section 10, ``ratio_source``), one class per value.
+"""What the retention ratio is formed from (docs/algorithm.md#variants, ``ratio_source``), one class per value.
 
 After both probes a source turns the rule's buffers into, per trainable tensor, a pair
 ``(x1, x0)`` of same-shaped tensors: ``x1`` is overwritten with r and then s by the rule (it is the
