@@ -308,15 +308,40 @@ def render_conf_readme(current: str) -> str:
 VARIANT_ALPHA_LINE = re.compile(r"^(?P<indent>[ \t]*)_variant_alpha: .*$", re.M)
 
 
+# The SFPO block: every SFPOConfig key with its dataclass default, so a plain dotted override
+# (actor_rollout_ref.actor.sfpo.K=5, a sweep over it) composes without `+`; written here from the
+# dataclass, the one place the defaults are authored.
+SFPO_BLOCK = re.compile(r"^(?P<indent>[ \t]*)sfpo:\n(?:(?P=indent)[ \t]+\S.*\n)*", re.M)
+
+
+def _yaml_value(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    return _fmt(value)
+
+
 def render_recipe_config(current: str) -> str:
     """``current`` (the recipe config's text) with its ``_variant_alpha`` map written from
-    ``verl_ext.core.config.VARIANT_DEFAULTS["alpha"]``."""
-    from verl_ext.core.config import GXPO_VARIANTS, VARIANT_DEFAULTS
+    ``verl_ext.core.config.VARIANT_DEFAULTS["alpha"]`` and its ``sfpo:`` block from ``SFPOConfig``."""
+    from verl_ext.core.config import GXPO_VARIANTS, VARIANT_DEFAULTS, SFPOConfig
 
     if not VARIANT_ALPHA_LINE.search(current):
         raise SystemExit(f"{RECIPE_CONFIG.relative_to(ROOT)} has no '_variant_alpha:' line under actor.gxpo")
+    if not SFPO_BLOCK.search(current):
+        raise SystemExit(f"{RECIPE_CONFIG.relative_to(ROOT)} has no 'sfpo:' block under actor")
     mapping = ", ".join(f"{v}: {_fmt(a)}" for v, a in zip(GXPO_VARIANTS, VARIANT_DEFAULTS["alpha"]))
-    return VARIANT_ALPHA_LINE.sub(lambda m: f"{m.group('indent')}_variant_alpha: {{{mapping}}}", current, count=1)
+    current = VARIANT_ALPHA_LINE.sub(lambda m: f"{m.group('indent')}_variant_alpha: {{{mapping}}}", current, count=1)
+
+    def sfpo_block(m) -> str:
+        ind = m.group("indent")
+        return f"{ind}sfpo:\n" + "".join(f"{ind}  {f.name}: {_yaml_value(getattr(SFPOConfig(), f.name))}\n"
+                                         for f in dataclasses.fields(SFPOConfig))
+
+    return SFPO_BLOCK.sub(sfpo_block, current, count=1)
 
 
 def main(argv=None) -> int:

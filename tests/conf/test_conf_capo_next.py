@@ -180,12 +180,14 @@ def test_no_baseline_estimator_is_registered_by_the_trainer_module():
 def test_compare_test_freq_flag_reaches_every_run(tmp_path, monkeypatch):
     """``--test-freq 2`` validates every 2 steps in every run (steps to the reference's peak at that
     resolution); a value below 1 is refused before anything runs."""
+    from launch import compare as compare_cli
+    from launch.report import paired
     from recipe.gxpo import compare
 
     calls = []
     monkeypatch.setattr(compare, "run_one", lambda row, seed, out, steps, overrides, resume=False: calls.append((row, list(overrides))))
-    monkeypatch.setattr(compare, "report", lambda *a, **k: "")
-    assert compare.main(["--rows", "grpo,capo_lr1e-3", "--seeds", "1", "--out", str(tmp_path), "--test-freq", "2"]) == 0
+    monkeypatch.setattr(paired, "report", lambda *a, **k: "")
+    assert compare_cli.main(["--rows", "grpo,capo_lr1e-3", "--seeds", "1", "--out", str(tmp_path), "--test-freq", "2"]) == 0
     assert calls == [("grpo", ["trainer.test_freq=2"]), ("capo_lr1e-3", ["trainer.test_freq=2"])]
     with pytest.raises(SystemExit):
-        compare.main(["--rows", "grpo", "--out", str(tmp_path), "--test-freq", "0"])
+        compare_cli.main(["--rows", "grpo", "--out", str(tmp_path), "--test-freq", "0"])

@@ -143,12 +143,14 @@ def test_main_config_without_groups_keeps_its_own_values(compose):
     gx = build_config(GXPOConfig, OmegaConf.to_container(actor.gxpo, resolve=True), "gxpo.")
     assert (gx.variant, gx.window, gx.warmup, gx.z_threshold) == ("paper_text", 20, 10, 3.0)
     assert (gx.ratio_min, gx.ratio_max) == (0.0, 1.0)
-    # SFPO's defaults are the dataclass's; the YAML carries only alpha (run names), equal to it
+    # SFPO's defaults are the dataclass's; the YAML carries every key (generated from it), so a dotted
+    # override composes without `+`
     from verl_ext.core.config import SFPOConfig
 
     sf = build_config(SFPOConfig, OmegaConf.to_container(actor.sfpo, resolve=True), "sfpo.")
     assert sf == SFPOConfig() and actor.sfpo.alpha == SFPOConfig().alpha
-    assert set(actor.sfpo) == {"alpha"}
+    assert set(actor.sfpo) == {f.name for f in dataclasses.fields(SFPOConfig)}
+    assert compose("~experiment", "actor_rollout_ref.actor.sfpo.K=5").actor_rollout_ref.actor.sfpo.K == 5
     # nothing from conf/ leaked in: verl's own defaults stand
     assert "gxpo_run" not in cfg
     assert cfg.trainer.total_training_steps is None
