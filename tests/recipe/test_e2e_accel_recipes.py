@@ -11,28 +11,19 @@ Slow: about 2-3 minutes per run on 2 cores.
 
 from __future__ import annotations
 
-import glob
-import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-from helpers.paths import REPO_ROOT
 from helpers.proc_env import clean_env
+from recipe.gxpo import run_layout
 
 pytestmark = pytest.mark.slow
 
 
-def _metrics(ckpt_dir: str) -> dict[int, dict]:
-    rows: dict[int, dict] = {}
-    for path in sorted(glob.glob(os.path.join(ckpt_dir, "metrics-*.jsonl"))):
-        with open(path) as f:
-            for line in f:
-                rec = json.loads(line)
-                rows.setdefault(rec["step"], {}).update(rec["data"])
-    return rows
+def _metrics(run_dir) -> dict[int, dict]:
+    return run_layout.read_metrics(str(run_dir))  # the project's one reader of a run's metrics
 
 
 def _run(args, cwd, timeout=900):

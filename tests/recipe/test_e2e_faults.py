@@ -14,7 +14,6 @@ Slow: about 1-2 minutes per run on 2 cores (2 training steps, no validation).
 from __future__ import annotations
 
 import glob
-import json
 import os
 import subprocess
 import sys
@@ -53,13 +52,7 @@ def _env():
 
 
 def _metrics(run_dir) -> dict[int, dict]:
-    rows = {}
-    for path in sorted(glob.glob(os.path.join(run_dir, "metrics-*.jsonl"))):
-        with open(path) as f:
-            for line in f:
-                rec = json.loads(line)
-                rows.setdefault(rec["step"], {}).update(rec["data"])
-    return rows
+    return run_layout.read_metrics(str(run_dir))  # the project's one reader of a run's metrics
 
 
 @pytest.fixture

@@ -22,19 +22,14 @@ import torch
 from helpers.proc_env import clean_env
 from helpers.ray_head import RAY, local_ray_head
 from helpers.paths import REPO_ROOT
+from recipe.gxpo import run_layout
 
 pytestmark = pytest.mark.slow
 ROOT = str(REPO_ROOT)
 
 
-def _metrics(ckpt_dir: str) -> dict[int, dict]:
-    rows = {}
-    for path in sorted(glob.glob(os.path.join(ckpt_dir, "metrics-*.jsonl"))):
-        with open(path) as f:
-            for line in f:
-                rec = json.loads(line)
-                rows.setdefault(rec["step"], {}).update(rec["data"])
-    return rows
+def _metrics(run_dir) -> dict[int, dict]:
+    return run_layout.read_metrics(str(run_dir))  # the project's one reader of a run's metrics
 
 
 def _run(args, cwd, timeout=900, env=None):

@@ -10,7 +10,6 @@ last, a save runs out of space on a small tmpfs. Slow: each run of the main job 
 from __future__ import annotations
 
 import glob
-import json
 import os
 import re
 import shutil
@@ -24,6 +23,7 @@ import torch
 
 from helpers.proc_env import clean_env
 from helpers.paths import REPO_ROOT
+from recipe.gxpo import run_layout
 
 pytestmark = pytest.mark.slow
 TOTAL = 4
@@ -58,14 +58,8 @@ def _last_line(log: str) -> str:
     return [line for line in log.splitlines() if line.strip()][-1]
 
 
-def _metrics(run_dir):
-    rows = {}
-    for path in sorted(glob.glob(os.path.join(run_dir, "metrics-*.jsonl"))):
-        with open(path) as f:
-            for line in f:
-                rec = json.loads(line)
-                rows.setdefault(rec["step"], {}).update(rec["data"])
-    return rows
+def _metrics(run_dir) -> dict[int, dict]:
+    return run_layout.read_metrics(str(run_dir))  # the project's one reader of a run's metrics
 
 
 def _rule_state(run_dir, step):

