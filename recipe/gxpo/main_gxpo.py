@@ -296,17 +296,17 @@ def run_gxpo(config: DictConfig) -> None:
 
     validate_update_rule(config)  # fail fast, before building anything
     rule = config.actor_rollout_ref.actor.update_rule
+    run_dir = os.path.abspath(os.path.expanduser(str(config.trainer.default_local_dir)))
     note = finished_run_note(config)
     if note:  # nothing to train: nothing is built, locked or written
         print(f"[gxpo] {note}", flush=True)
-        run_dir = os.path.abspath(os.path.expanduser(str(config.trainer.default_local_dir)))
         print(summarize(run_dir, run_dir, rule, note=note))
         return
     plan_resume(config)  # the newest whole checkpoint, checked before Ray (recipe/gxpo/resume.py)
     guard.install(config)  # reward.non_finite, and the reward function loads (verl_ext/rewards/guard.py)
     check_data_files(config, skip=tuple(embedded_data_files(config)))  # the user's files (read only), before any build
     # one live run per directory: held from here until this process ends the run (recipe/gxpo/run_lock.py)
-    with hold_run_dir(os.path.abspath(os.path.expanduser(str(config.trainer.default_local_dir)))):
+    with hold_run_dir(run_dir):
         for path in prepare_embedded_assets(config):
             print(f"[gxpo] built embedded asset: {path}")
         for path in use_vllm_model_variant(config):  # rollout.name=vllm on the embedded task

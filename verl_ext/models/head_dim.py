@@ -30,7 +30,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
+
+from .publish import building
 
 MANIFEST = "verl_ext_head_dim_manifest.json"
 _BUILDER_VERSION = 1
@@ -125,11 +126,7 @@ def widen_heads(src_dir: str, out_dir: str, head_dim: int = 32) -> str:
     new_cfg.update(architectures=["LlamaForCausalLM"], model_type="llama", head_dim=head_dim,
                    attention_bias=True, mlp_bias=False)
 
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".widen-", dir=parent)
-    os.chmod(tmp, 0o755)
-    try:
+    with building(out_dir, prefix=".widen-") as tmp:
         save_file({k: v.contiguous() for k, v in out.items()}, os.path.join(tmp, "model.safetensors"),
                   metadata={"format": "pt"})
         with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
@@ -139,11 +136,4 @@ def widen_heads(src_dir: str, out_dir: str, head_dim: int = 32) -> str:
                 shutil.copy2(os.path.join(src_dir, name), os.path.join(tmp, name))
         with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=2, sort_keys=True)
-        if os.path.isdir(out_dir):
-            shutil.rmtree(out_dir)
-        os.rename(tmp, out_dir)
-        tmp = None
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

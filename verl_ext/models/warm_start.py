@@ -28,9 +28,10 @@ import json
 import os
 import random
 import shutil
-import tempfile
 import time
 from typing import Sequence
+
+from .publish import building
 
 MANIFEST = "verl_ext_warm_manifest.json"
 _BUILDER_VERSION = 1
@@ -130,11 +131,7 @@ def _train(base_dir: str, encoded, pad: int, *, steps: int, batch_size: int, lr:
 def _publish(model, base_dir: str, out_dir: str, manifest: dict, seconds: float) -> None:
     """Write the model, the base model's tokenizer files and the manifest (last) to a temporary
     sibling directory, then rename it to ``out_dir`` (a half-written build is never found)."""
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".warm-", dir=parent)
-    os.chmod(tmp, 0o755)
-    try:
+    with building(out_dir, prefix=".warm-") as tmp:
         model.eval()
         model.save_pretrained(tmp)
         for name in os.listdir(base_dir):  # tokenizer + generation config of the base model
@@ -142,13 +139,6 @@ def _publish(model, base_dir: str, out_dir: str, manifest: dict, seconds: float)
                 shutil.copy2(os.path.join(base_dir, name), os.path.join(tmp, name))
         with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:
             json.dump(dict(manifest, seconds=round(seconds, 1)), f, indent=2, sort_keys=True)
-        if os.path.isdir(out_dir):
-            shutil.rmtree(out_dir)
-        os.rename(tmp, out_dir)
-        tmp = None
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def supervised_warm_start(
