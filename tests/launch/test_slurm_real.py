@@ -17,7 +17,6 @@ Slow: three Ray clusters and three launches of the embedded task (measured 6.2 m
 from __future__ import annotations
 
 import glob
-import json
 import os
 import re
 import subprocess
@@ -30,6 +29,7 @@ import pytest
 from helpers.paths import REPO_ROOT
 from helpers.slurm_cluster import available, private_slurm
 from verl_ext.testing.cpu_worker import free_port
+from recipe.gxpo import run_layout
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 ROOT = str(REPO_ROOT)
@@ -47,16 +47,8 @@ def slurm():
 
 
 def _metrics_by_launch(run_dir: str) -> list[dict[int, dict]]:
-    """One {step: data} per launch (each writes its own metrics-<stamp>.jsonl), oldest first."""
-    out = []
-    for path in sorted(glob.glob(os.path.join(run_dir, "metrics-*.jsonl"))):
-        rows: dict[int, dict] = {}
-        with open(path) as f:
-            for line in f:
-                rec = json.loads(line)
-                rows.setdefault(rec["step"], {}).update(rec["data"])
-        out.append(rows)
-    return out
+    """One {step: data} per launch (each writes its own metrics-<stamp>-<pid>.jsonl), oldest first."""
+    return [run_layout.read_metrics(path) for path in run_layout.metrics_files(str(run_dir))]
 
 
 def _job_state(env: dict, job: str) -> tuple[str, int]:

@@ -13,7 +13,6 @@ Slow: two short runs (~3-5 minutes on 2 cores).
 from __future__ import annotations
 
 import glob
-import json
 import os
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import torch
 
 from helpers.paths import REPO_ROOT
 from helpers.proc_env import clean_env
+from recipe.gxpo import run_layout
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 ROOT = str(REPO_ROOT)
@@ -41,15 +41,7 @@ def _py(args, timeout=900):
 
 
 def _launches(run_dir):
-    out = []
-    for path in sorted(glob.glob(os.path.join(run_dir, "metrics-*.jsonl"))):
-        rows = {}
-        with open(path) as f:
-            for line in f:
-                rec = json.loads(line)
-                rows.setdefault(rec["step"], {}).update(rec["data"])
-        out.append(rows)
-    return out
+    return [run_layout.read_metrics(path) for path in run_layout.metrics_files(str(run_dir))]
 
 
 def test_export_to_hf_and_val_only(embedded_assets_dir, tmp_path):
