@@ -75,9 +75,11 @@ def test_cpu_rollout_config_sets_what_cpu_vllm_needs():
     from verl_ext.rollout.vllm_cpu import cpu_rollout_config
 
     cfg = OmegaConf.create({"enable_sleep_mode": True, "free_cache_engine": True, "enforce_eager": False,
-                            "max_model_len": None, "prompt_length": 48, "response_length": 6, "max_num_seqs": 1024})
+                            "max_model_len": None, "prompt_length": 48, "response_length": 6, "max_num_seqs": 1024,
+                            "enable_chunked_prefill": True})
     out = cpu_rollout_config(cfg)
     assert (out.enable_sleep_mode, out.free_cache_engine, out.enforce_eager) == (False, False, True)
+    assert out.enable_chunked_prefill is False  # a seeded request prefilled in chunks kills CPU vLLM (below)
     assert out.max_model_len == 54 and out.max_num_seqs == 256
     assert cfg.enable_sleep_mode is True  # the caller's config is left alone
 

@@ -8,15 +8,20 @@ unchanged; on top of them:
 
 * :class:`CPUvLLMHttpServer` (``vLLMHttpServer``): before verl reads the rollout config
   (``_init_config``) it sets ``enable_sleep_mode=false`` (vLLM refuses sleep mode on CPU),
-  ``free_cache_engine=false`` (nothing to free: no sleep mode), ``enforce_eager=true`` (no CUDA graphs)
-  and, when unset, ``max_model_len = prompt_length + response_length`` and ``max_num_seqs`` at most
+  ``free_cache_engine=false`` (nothing to free: no sleep mode), ``enforce_eager=true`` (no CUDA graphs),
+  ``enable_chunked_prefill=false`` (see below) and, when unset, ``max_model_len = prompt_length + response_length`` and ``max_num_seqs`` at most
   256; after verl's ``__init__`` (``_post_init``) it drops ``VLLM_BATCH_INVARIANT`` -- which
   ``rollout.full_determinism`` sets, and which needs Triton kernels absent on CPU (the per-request seeds
   below still apply) -- and sets ``VLLM_CPU_KVCACHE_SPACE`` (GiB) to 1 unless the
   environment sets it. ``wake_up``/``sleep`` do only what is left without sleep mode (reset the prefix
   cache). Under ``full_determinism``, verl's ``generate`` gives every request the same seed, so the n
   samples of a prompt are identical (zero GRPO advantages); here each request gets its own seed from
-  (rollout.seed, step, request id, occurrence, prompt), as in the HF rollout. ``generate`` is bounded: a request that takes longer than ``VERL_EXT_VLLM_GENERATE_TIMEOUT_S``
+  (rollout.seed, step, request id, occurrence, prompt), as in the HF rollout. A seeded request whose
+  prompt vLLM prefills in chunks kills CPU vLLM's engine: after each partial chunk vLLM 0.27 rewinds the
+  request's generator by its offset, which a CPU ``torch.Generator`` does not have ("CPU Generator does
+  not use offset", ``EngineDeadError``); it happened whenever more prompts arrived at once than
+  ``max_num_batched_tokens`` holds (e.g. 256 validation prompts of 33 tokens > 8192), so chunked prefill
+  is off: vLLM then schedules whole prompts only. ``generate`` is bounded: a request that takes longer than ``VERL_EXT_VLLM_GENERATE_TIMEOUT_S``
   (default 600 s) fails with an error naming it instead of hanging the rollout.
 * :class:`CPUvLLMReplica` (``vLLMReplica``): launches :class:`CPUvLLMHttpServer`.
 * :class:`CPUvLLMServerAdapter` (``ServerAdapter``, trainer side): ``update_weights`` is bounded. verl's
@@ -77,7 +82,8 @@ def cpu_rollout_config(config):
     """A copy of the rollout config (a DictConfig or verl's ``RolloutConfig``) with what CPU vLLM needs
     (module docstring); the input is unchanged."""
     get = config.get
-    changes = {"enable_sleep_mode": False, "free_cache_engine": False, "enforce_eager": True}
+    changes = {"enable_sleep_mode": False, "free_cache_engine": False, "enforce_eager": True,
+               "enable_chunked_prefill": False}
     if get("max_model_len") is None and get("prompt_length") and get("response_length"):
         changes["max_model_len"] = int(get("prompt_length")) + int(get("response_length"))
     if get("max_num_seqs") is None or int(get("max_num_seqs")) > MAX_NUM_SEQS:
