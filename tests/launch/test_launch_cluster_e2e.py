@@ -22,6 +22,7 @@ import sys
 import pytest
 import torch
 
+from helpers.job_log import excerpt
 from helpers.proc_env import clean_env
 from helpers.ray_head import local_ray_head
 from helpers.paths import REPO_ROOT
@@ -50,7 +51,7 @@ def _short(embedded: str, steps: int) -> list[str]:
 def _call(args: list[str], env: dict, cwd: str = ROOT, timeout: int = 900) -> str:
     proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-8000:]
+    assert proc.returncode == 0, excerpt(out)
     return out
 
 

@@ -22,6 +22,7 @@ import sys
 
 import pytest
 
+from helpers.job_log import excerpt
 from helpers.paths import REPO_ROOT
 from helpers.ray_head import local_ray_head
 
@@ -49,7 +50,7 @@ def _sweep(head: dict, embedded: str, logs: str, prefix: str) -> dict:
             "trainer.save_freq=-1", "trainer.val_before_train=false", "data.val_max_samples=8"]
     proc = subprocess.run(args, cwd=ROOT, env=head["env"], capture_output=True, text=True, timeout=2000)
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-6000:] + _job_logs(head)
+    assert proc.returncode == 0, excerpt(out) + _job_logs(head)
     results = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert sorted(results.values()) == ["SUCCEEDED", "SUCCEEDED"], out[-4000:]
     for k in (3, 5):

@@ -19,6 +19,7 @@ import sys
 
 import pytest
 
+from helpers.job_log import excerpt
 from helpers.paths import REPO_ROOT
 from helpers.ray_head import local_ray_head, local_ray_node
 
@@ -59,7 +60,7 @@ def _submit(head: dict, embedded: str, logs: str, steps: int) -> str:
             "trainer.save_freq=1", "trainer.val_before_train=false"]
     proc = subprocess.run(args, cwd=ROOT, env=head["env"], capture_output=True, text=True, timeout=1800)
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-8000:]
+    assert proc.returncode == 0, excerpt(out)
     return out
 
 

@@ -20,6 +20,7 @@ import sys
 import pytest
 import torch
 
+from helpers.job_log import excerpt
 from helpers.paths import REPO_ROOT
 from helpers.proc_env import clean_env
 from recipe.gxpo import run_layout
@@ -36,7 +37,7 @@ def _env():
 def _py(args, timeout=900):
     proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-8000:]
+    assert proc.returncode == 0, excerpt(out)
     return out
 
 

@@ -16,6 +16,7 @@ import sys
 
 import pytest
 
+from helpers.job_log import excerpt
 from helpers.proc_env import clean_env
 from recipe.gxpo import run_layout
 
@@ -31,7 +32,7 @@ def _run(args, cwd, timeout=900):
     proc = subprocess.run([sys.executable, "-m", "recipe.gxpo.main_gxpo", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
     log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-8000:]
+    assert proc.returncode == 0, excerpt(log)
     return log
 
 

