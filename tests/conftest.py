@@ -8,6 +8,8 @@ are defined here.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +20,13 @@ if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)
 
 from helpers.paths import FIXTURES_DIR, REPO_ROOT  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    """End-to-end (``slow``) tests first, the rest after them, each in its collected order: with
+    pytest-xdist (``-n 2``, the README's test command) the long runs start at once and the many short
+    tests fill the end, instead of one long run starting last while the other worker idles."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +51,19 @@ def free_port():
 
 @pytest.fixture(scope="session")
 def embedded_assets_dir(tmp_path_factory) -> str:
-    """One ``gxpo_embedded.dir`` for every end-to-end test of the session: the first run builds the
-    embedded task's assets (data, tokenizer, warm-started model) there, later runs reuse them (each
-    asset's manifest is checked), so the supervised warm start is paid once per test session."""
-    return str(tmp_path_factory.mktemp("embedded"))
+    """One ``gxpo_embedded.dir`` for every end-to-end test of the session, built once before the first
+    test that asks for it (``helpers.embedded_assets``: the recipe's own builder): the data, tokenizer and
+    warm-started model; runs reuse them (each asset's manifest is checked), so the supervised warm start
+    is paid once. Under pytest-xdist the folder and a file lock are shared by the workers (the parent of
+    each worker's base temp), so the first worker builds and the others wait for it."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    out = shared / "embedded"
+    with FileLock(str(shared / "embedded.lock")):
+        proc = subprocess.run([sys.executable, "-m", "helpers.embedded_assets", str(out)], cwd=_TESTS,
+                              env=dict(os.environ, PYTHONPATH=os.pathsep.join([_TESTS, str(REPO_ROOT)])),
+                              capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    return str(out)
