@@ -301,17 +301,18 @@ def render_conf_readme(current: str) -> str:
     return head + render_options() + tail
 
 
-# ------------------------------------------------------------ the recipe config's variant alpha
-# Run names carry alpha, so the recipe config must hold a concrete alpha per variant (a Hydra
-# interpolation cannot call the dataclass). That map is written here from VARIANT_DEFAULTS, the one
-# place the fact is authored.
-VARIANT_ALPHA_LINE = re.compile(r"^(?P<indent>[ \t]*)_variant_alpha: .*$", re.M)
+# ------------------------------------------------------------ the recipe config's gxpo and sfpo blocks
+# Every GXPOConfig / SFPOConfig key with its dataclass default, so that a plain dotted override
+# (actor_rollout_ref.actor.gxpo.K=3, a sweep over it) composes without `+`: written here from the
+# dataclasses, the one place the defaults are authored (a test keeps the file equal to this output).
+# A GXPO knob whose default depends on the variant is null (the dataclass resolves it), except alpha:
+# run names carry alpha, so the block holds a concrete alpha per variant (a Hydra interpolation cannot
+# call the dataclass) in a ``_variant_alpha`` map written from VARIANT_DEFAULTS.
+def _block(key: str) -> re.Pattern:
+    return re.compile(rf"^(?P<indent>[ \t]*){key}:\n(?:(?P=indent)[ \t]+\S.*\n)*", re.M)
 
 
-# The SFPO block: every SFPOConfig key with its dataclass default, so a plain dotted override
-# (actor_rollout_ref.actor.sfpo.K=5, a sweep over it) composes without `+`; written here from the
-# dataclass, the one place the defaults are authored.
-SFPO_BLOCK = re.compile(r"^(?P<indent>[ \t]*)sfpo:\n(?:(?P=indent)[ \t]+\S.*\n)*", re.M)
+GXPO_BLOCK, SFPO_BLOCK = _block("gxpo"), _block("sfpo")
 
 
 def _yaml_value(value) -> str:
@@ -324,24 +325,41 @@ def _yaml_value(value) -> str:
     return _fmt(value)
 
 
-def render_recipe_config(current: str) -> str:
-    """``current`` (the recipe config's text) with its ``_variant_alpha`` map written from
-    ``verl_ext.core.config.VARIANT_DEFAULTS["alpha"]`` and its ``sfpo:`` block from ``SFPOConfig``."""
-    from verl_ext.core.config import GXPO_VARIANTS, VARIANT_DEFAULTS, SFPOConfig
+def _gxpo_block(ind: str) -> str:
+    from verl_ext.core.config import GXPO_VARIANTS, VARIANT_DEFAULTS, GXPOConfig
 
-    if not VARIANT_ALPHA_LINE.search(current):
-        raise SystemExit(f"{RECIPE_CONFIG.relative_to(ROOT)} has no '_variant_alpha:' line under actor.gxpo")
-    if not SFPO_BLOCK.search(current):
-        raise SystemExit(f"{RECIPE_CONFIG.relative_to(ROOT)} has no 'sfpo:' block under actor")
+    docs = field_docs(GXPOConfig)
     mapping = ", ".join(f"{v}: {_fmt(a)}" for v, a in zip(GXPO_VARIANTS, VARIANT_DEFAULTS["alpha"]))
-    current = VARIANT_ALPHA_LINE.sub(lambda m: f"{m.group('indent')}_variant_alpha: {{{mapping}}}", current, count=1)
+    lines = [f"{ind}gxpo:",
+             f"{ind}  # every GXPOConfig key (verl_ext/core/config.py: meaning, range, source), written by",
+             f"{ind}  # tools/gen_config_docs.py; null = the variant's default (docs/configuration.md). alpha",
+             f"{ind}  # follows the variant unless set (run names carry it); keys starting with _ are ignored."]
+    for f in dataclasses.fields(GXPOConfig):
+        rng = docs[f.name].range if f.name in docs else ""
+        if f.name == "alpha":
+            lines.append(f"{ind}  _variant_alpha: {{{mapping}}}")
+            lines.append(f"{ind}  alpha: ${{._variant_alpha.${{.variant}}}}  # {rng}")
+            continue
+        value = f.default_factory() if f.default is dataclasses.MISSING else f.default  # as declared, not resolved
+        lines.append(f"{ind}  {f.name}: {_yaml_value(value)}" + (f"  # {rng}" if rng else ""))
+    return "\n".join(lines) + "\n"
 
-    def sfpo_block(m) -> str:
-        ind = m.group("indent")
-        return f"{ind}sfpo:\n" + "".join(f"{ind}  {f.name}: {_yaml_value(getattr(SFPOConfig(), f.name))}\n"
-                                         for f in dataclasses.fields(SFPOConfig))
 
-    return SFPO_BLOCK.sub(sfpo_block, current, count=1)
+def _sfpo_block(ind: str) -> str:
+    from verl_ext.core.config import SFPOConfig
+
+    return f"{ind}sfpo:\n" + "".join(f"{ind}  {f.name}: {_yaml_value(getattr(SFPOConfig(), f.name))}\n"
+                                     for f in dataclasses.fields(SFPOConfig))
+
+
+def render_recipe_config(current: str) -> str:
+    """``current`` (the recipe config's text) with its ``gxpo:`` block written from ``GXPOConfig`` /
+    ``VARIANT_DEFAULTS`` and its ``sfpo:`` block from ``SFPOConfig``."""
+    for name, pattern, render in (("gxpo", GXPO_BLOCK, _gxpo_block), ("sfpo", SFPO_BLOCK, _sfpo_block)):
+        if not pattern.search(current):
+            raise SystemExit(f"{RECIPE_CONFIG.relative_to(ROOT)} has no '{name}:' block under actor")
+        current = pattern.sub(lambda m, render=render: render(m.group("indent")), current, count=1)
+    return current
 
 
 def main(argv=None) -> int:
