@@ -1,9 +1,9 @@
 """Accuracy curves against training steps, backward passes and hours (matplotlib, Agg backend).
 
 One panel per model, one line per configuration (method, K, alpha; CAPO / NExt rows dotted, SFPO
-dashed; the model's plain GRPO black, a second (LoRA) GRPO grey). A configuration with several
-seeds is drawn as the seed mean with a shaded band from the lowest to the highest seed (on the
-validation steps all its seeds have). The y axis names the metric in words
+dashed; the model's plain GRPO black, a second (LoRA) GRPO grey, several others in colours). A
+configuration with several seeds is drawn as the seed mean with a shaded band from the lowest to
+the highest seed (on the validation steps all its seeds have). The y axis names the metric in words
 (:func:`launch.report.derive.metric_label`, e.g. "Math-500 pass@1 (%)"); the black GRPO's peak is a
 grey dotted line. :func:`draw_panel` draws one model's panel into a given Axes (``launch.compare``'s
 ``compare.png`` puts three of them, against steps, BP and hours, in one figure).
@@ -36,6 +36,8 @@ def draw_panel(ax, groups: Sequence[Group], spec: str, opts: Options, axis: str,
     ref_peak = None
     models = list(dict.fromkeys(g.model for g in groups))
     refs = [r for r in (model_reference(groups, m) for m in models) if r is not None]
+    # a second plain GRPO (LoRA) is grey; several (launch.compare's step-size rows) take the colour cycle
+    other_grpo = [g for g in groups if g.method == "grpo" and g.accel is None and not any(g is r for r in refs)]
     for g in groups:
         c = g.spread(spec, opts)
         if c.empty:
@@ -49,7 +51,7 @@ def draw_panel(ax, groups: Sequence[Group], spec: str, opts: Options, axis: str,
             f" (mean of {seeds} seeds, band: min-max)" if seeds > 1 else "")
         is_ref = any(g is r for r in refs)
         (line,) = ax.plot(x, 100.0 * c["acc"].to_numpy(float), style, marker="o", ms=2.5, lw=lw, label=label,
-                          color="black" if is_ref else ("dimgray" if plain_grpo else None))
+                          color="black" if is_ref else ("dimgray" if plain_grpo and len(other_grpo) == 1 else None))
         if seeds > 1:
             ax.fill_between(x, 100.0 * c["acc_min"].to_numpy(float), 100.0 * c["acc_max"].to_numpy(float),
                             color=line.get_color(), alpha=0.2, lw=0)
