@@ -8,8 +8,8 @@ error bars -- Table 2 / Figure 3 in miniature.
 The rows and how each (row, seed) run is made: :mod:`recipe.gxpo.compare`. The runs go one after
 another, seed-major (a partial compare still has every row for the first seeds). The report --
 ``summary.md`` / ``summary.json`` / ``compare.png`` in ``--out`` -- is :mod:`launch.report.paired`,
-which reads the runs through the project's one metrics reader; ``python -m launch.report --runs
-<out>`` gives the paper's tables and iso-budget views of the same runs.
+which reads the runs, their statistics and plots with :mod:`launch.report`'s own code; ``python -m
+launch.report --runs <out>`` gives the paper's tables and iso-budget views of the same runs.
 """
 
 from __future__ import annotations

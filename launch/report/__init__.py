@@ -105,9 +105,11 @@ from launch.report.derive import (
     Options,
     backward_passes,
     curve,
+    first_reach,
     group_runs,
     hours,
     interp_at,
+    mean_ci95,
     metric_label,
     metric_series,
     resolve_metric,
@@ -116,7 +118,7 @@ from launch.report.markdown import slug, to_markdown
 from launch.report.metadata import BENCHMARKS, METHOD_ORDER, METHOD_TITLE, MODEL_ORDER, Run, load_runs
 from launch.report.plots import plot_metric
 from launch.report.sources import Source, discover, iter_wandb_records, read_jsonl, read_wandb_binary
-from launch.report.plots import make_figure
+from launch.report.plots import draw_panel, make_figure
 from launch.report.tables import Table1Row, Table2Row, iso_table, table1, table1_rows, table1_step, table2, table2_rows
 
 __all__ = [
@@ -125,4 +127,5 @@ __all__ = [
     "iso_table", "iter_wandb_records", "load_runs", "main", "metric_series", "parse_benchmarks", "plot_metric",
     "read_jsonl", "read_wandb_binary", "resolve_metric", "slug", "table1", "table2", "to_markdown",
     "Table1Row", "Table2Row", "table1_rows", "table1_step", "table2_rows", "make_figure", "metric_label",
+    "draw_panel", "first_reach", "mean_ci95",
 ]

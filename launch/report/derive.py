@@ -1,5 +1,6 @@
 """Quantities derived from a run's history: the accuracy column of a metric spec, cumulative
-backward passes, hours, validation curves, seed groups and interpolation at a budget."""
+backward passes, hours, validation curves, seed groups, interpolation at a budget, the first
+validation point that reaches a threshold and the 95% Student-t interval over seeds."""
 
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ from launch import runmeta
 from launch.report.metadata import ACCEL_ORDER, BENCHMARKS, METHOD_ORDER, MODEL_ORDER, Run
 
 EPS = 1e-12
+
+# two-sided 95% Student-t quantiles t_{0.975, df}; a df between two entries takes the lower one's
+# (the wider interval), above 30 the normal 1.96
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
 
 
 @dataclass
@@ -114,10 +120,47 @@ def curve(run: Run, spec: str, opts: Options) -> pd.DataFrame:
     return pd.DataFrame({"acc": acc, "bp": bp.reindex(acc.index), "hours": hr.reindex(acc.index)})
 
 
+def first_reach(c: pd.DataFrame, thr: float) -> dict | None:
+    """The first validation point of curve ``c`` (:func:`curve`) with ``acc >= thr``:
+    ``{"step", "hours", "bp"}`` (floats), or None (never reached, empty curve or non-finite ``thr``)."""
+    if c is None or c.empty or not np.isfinite(thr):
+        return None
+    hit = c[c["acc"] >= thr - EPS]
+    if hit.empty:
+        return None
+    step = int(hit.index[0])
+    return {"step": float(step), "hours": float(hit["hours"].iloc[0]), "bp": float(hit["bp"].iloc[0])}
+
+
+def t975(df: int) -> float:
+    """The two-sided 95% Student-t quantile for ``df`` degrees of freedom (nan for df < 1)."""
+    if df <= 0:
+        return float("nan")
+    if df > 30:
+        return 1.96
+    return _T975[max(k for k in _T975 if k <= df)]
+
+
+def mean_ci95(values: Sequence[float | None]) -> tuple[float, float]:
+    """(mean, half-width of the two-sided 95% Student-t interval) of the finite ``values`` (None and
+    NaN left out); the half-width is nan for one value, both are nan for none."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return float("nan"), float("nan")
+    m = sum(vals) / len(vals)
+    if len(vals) < 2:
+        return m, float("nan")
+    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
+    return m, t975(len(vals) - 1) * sd / math.sqrt(len(vals))
+
+
 @dataclass
 class Group:
     key: tuple
     runs: list[Run]
+    #: an explicit row name (e.g. ``launch.compare``'s ``grpo_lr1e-3``): :meth:`label` returns it, for
+    #: rows whose configuration keys alone do not tell them apart
+    name: str | None = None
 
     @property
     def model(self) -> str:
@@ -153,7 +196,9 @@ class Group:
     def label(self, show_alpha: bool = False, show_lora: bool = False, show_variant: bool = False) -> str:
         """``GXPO K=5``, ``CAPO+GXPO K=5``, ``NExt (LoRA GRPO)``; ``show_lora`` names the rank of a
         LoRA row (when its model has full-parameter rows too), ``show_variant`` GXPO's variant (when
-        its model has GXPO rows of both)."""
+        its model has GXPO rows of both). A group with a :attr:`name` is labelled with it."""
+        if self.name is not None:
+            return self.name
         return runmeta.method_title(self.method, None if self.method == "grpo" else self.K, self.accel,
                                     self.lora if show_lora else None, self.alpha if show_alpha else None,
                                     self.variant if show_variant else None)

@@ -1,19 +1,30 @@
 """The per-seed comparison of ``launch.compare``: rows (update rules / accelerators) run on the same
 seeds, each measured against its GRPO reference row with the same seed.
 
-Reads each run directory through the project's one metrics reader (:func:`recipe.gxpo.run_layout.read_metrics`)
-and writes to the output directory:
+A thin layer over :mod:`launch.report`: each run directory ``<out>/<row>/seed<N>/`` is read as one
+:class:`~launch.report.metadata.Run` by :func:`~launch.report.metadata.load_runs` (its metrics
+segments, through the project's one metrics reader, and its ``meta.json`` / Hydra record), its
+validation curve is :func:`launch.report.derive.curve` (accuracy, cumulative backward passes, training
+hours = sum of ``timing_s/step``, validation excluded), the statistics are
+:func:`~launch.report.derive.mean_ci95` and :func:`~launch.report.derive.first_reach`, and the plot is
+drawn by :func:`launch.report.plots.draw_panel` (one :class:`~launch.report.derive.Group` per row,
+named after it). The metric is the first ``val-core/<data source>/acc/mean@<n>`` column (name order)
+of the first run that logged one; every run is read at it. What this module adds: the rows and seeds,
+the pairing by seed, and the extras read from a run's history (the last logged
+``<rule>/shutoff_update``, NExt's ``next/predictor_seconds_total`` and ``next/events``, CAPO's
+``capo/masked_frac``). It writes to the output directory:
 
 * ``summary.md`` / ``summary.json``: per row, mean +- 95% t-interval over seeds of the final and the
-  peak validation accuracy; the steps, backward passes (BP) and training seconds (sum of
-  ``timing_s/step``, validation excluded) at which the run first reached its reference's peak of the
-  same seed -- per seed, and the mean over the seeds that reached it, with "k/N reached" (a run that
-  never reached it is counted as not reached, not dropped silently); the GXPO/SFPO shutoff update per
-  seed; a paired comparison with the reference (per-seed differences of final and peak accuracy,
-  their mean +- 95% interval, and in how many seeds the row beat it); NExt's predictor seconds and
-  CAPO's masked-token fraction;
-* ``compare.png``: mean validation curve per row (band: min..max over seeds) against steps, BP and
-  training seconds (x of a point: the mean over seeds at that evaluation step).
+  peak validation accuracy; the steps, backward passes (BP) and training seconds (hours x 3600) at
+  which the run first reached its reference's peak of the same seed -- per seed, and the mean over
+  the seeds that reached it, with "k/N reached" (a run that never reached it is counted as not
+  reached, not dropped silently); the GXPO/SFPO shutoff update per seed; a paired comparison with the
+  reference (per-seed differences of final and peak accuracy, their mean +- 95% interval, and in how
+  many seeds the row beat it); NExt's predictor seconds and CAPO's masked-token fraction;
+  ``summary.json`` also has every run's curve (step, acc, bp, seconds) and extras;
+* ``compare.png``: one figure, three panels (against training steps, BP and training hours): the
+  mean validation curve per row (band: min..max over seeds), on the evaluation steps all its seeds
+  have (x of a point: the mean over seeds at that step).
 
 Nothing is asserted: it reports. ``python -m launch.report --runs <out>`` reads the same run
 directories for the paper's tables and iso-budget views.
@@ -22,64 +33,90 @@ directories for the paper's tables and iso-budget views.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+import pandas as pd
+
+from launch.report import derive
+from launch.report.derive import Group, Options, first_reach, mean_ci95
+from launch.report.metadata import Run, load_runs
+from launch.report.plots import AXES, draw_panel
 from recipe.gxpo import run_layout
 from recipe.gxpo.compare import ROW_RULE, reference_of, rule_of
 
-# two-sided 95% Student-t quantiles t_{0.975, df}
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-         12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
-
-
 
 # ---------------------------------------------------------------------------------------------
-# curves of one run
+# reading: one Run per run directory, its curve and extras
 # ---------------------------------------------------------------------------------------------
 
 
-def _finite(v) -> Optional[float]:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
+def read_run(run_dir: Path) -> Optional[Run]:
+    """The run of ``run_dir`` (its metrics segments), or None when it has none."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
         return None
-    return float(v) if math.isfinite(v) else None
+    for run in load_runs([run_dir]):
+        files = [Path(p) for p in run.paths]
+        if run.kind == "file" and files and all(f.parent == run_dir and run_layout.is_metrics_file(f.name)
+                                                for f in files):
+            return run
+    return None
 
 
-def val_key(steps: dict[int, dict]) -> Optional[str]:
-    keys = sorted({k for d in steps.values() for k in d if k.startswith("val-core/") and "/acc/mean@" in k})
-    return keys[0] if keys else None
+def read_rows(out: Path, rows: list[str], seeds: list[int]) -> dict[str, dict[int, Run]]:
+    """runs[row][seed] for the (row, seed) directories under ``out`` that logged metrics."""
+    runs: dict[str, dict[int, Run]] = {}
+    for row in rows:
+        runs[row] = {}
+        for s in seeds:
+            run = read_run(Path(out) / row / f"seed{s}")
+            if run is not None:
+                runs[row][s] = run
+    return runs
 
 
-def run_curve(steps: dict[int, dict], rule: str, metric: Optional[str] = None) -> dict:
-    """Validation points of one run: ``{"step": [...], "acc": [...], "bp": [...], "seconds": [...]}``
-    plus ``shutoff`` (the last logged ``<rule>/shutoff_update``; None when not logged or negative),
-    NExt's predictor total and events, and CAPO's masked token fraction (mean over the steps)."""
-    metric = metric or val_key(steps)
-    out = {"step": [], "acc": [], "bp": [], "seconds": [], "shutoff": None, "metric": metric,
-           "next_seconds": None, "next_events": None, "capo_masked": None}
-    bp, seconds = 0.0, 0.0
-    masked = [m for m in (_finite(d.get("capo/masked_frac")) for d in steps.values()) if m is not None]
-    if masked:
-        out["capo_masked"] = sum(masked) / len(masked)
-    for step, d in steps.items():
-        seconds += _finite(d.get("timing_s/step")) or 0.0
-        b = _finite(d.get(f"{rule}/backward_passes"))
-        bp = b if b is not None else bp
-        for key, name in (("next/predictor_seconds_total", "next_seconds"), ("next/events", "next_events")):
-            v = _finite(d.get(key))
-            if v is not None:
-                out[name] = v
-        s = _finite(d.get(f"{rule}/shutoff_update"))
-        if s is not None:
-            out["shutoff"] = int(s) if s >= 0 else None
-        acc = _finite(d.get(metric)) if metric else None
-        if acc is not None:
-            out["step"].append(step)
-            out["acc"].append(acc)
-            out["bp"].append(bp)
-            out["seconds"].append(seconds)
-    return out
+def val_key(runs: dict[str, dict[int, Run]]) -> Optional[str]:
+    """The first ``val-core/*/acc/mean@*`` column (name order) of the first run that has one."""
+    for by_seed in runs.values():
+        for run in by_seed.values():
+            keys = sorted(c for c in run.hist.columns if c.startswith("val-core/") and "/acc/mean@" in c)
+            if keys:
+                return keys[0]
+    return None
+
+
+def run_curve(run: Run, metric: Optional[str]) -> pd.DataFrame:
+    """:func:`launch.report.derive.curve` of ``metric`` (indexed by validation step: acc, bp, hours)
+    plus ``seconds`` (hours x 3600: training seconds, validation excluded)."""
+    if metric is None:
+        return pd.DataFrame(columns=["acc", "bp", "hours", "seconds"])
+    c = derive.curve(run, metric, Options())
+    c["seconds"] = c["hours"] * 3600.0
+    return c
+
+
+def _finite(run: Run, col: str) -> pd.Series:
+    if col not in run.hist.columns:
+        return pd.Series(dtype=float)
+    v = run.hist[col].dropna()
+    return v[np.isfinite(v.to_numpy(float))]
+
+
+def run_extras(run: Run, rule: str) -> dict:
+    """``shutoff`` (the last logged ``<rule>/shutoff_update``; None when not logged or negative),
+    NExt's ``next_seconds`` / ``next_events`` (last logged) and CAPO's ``capo_masked`` (mean over the
+    steps); None where the run did not log them."""
+    def last(col):
+        v = _finite(run, col)
+        return float(v.iloc[-1]) if len(v) else None
+
+    shut = last(f"{rule}/shutoff_update")
+    masked = _finite(run, "capo/masked_frac")
+    return {"shutoff": int(shut) if shut is not None and shut >= 0 else None,
+            "next_seconds": last("next/predictor_seconds_total"), "next_events": last("next/events"),
+            "capo_masked": float(masked.mean()) if len(masked) else None}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,63 +124,44 @@ def run_curve(steps: dict[int, dict], rule: str, metric: Optional[str] = None) -
 # ---------------------------------------------------------------------------------------------
 
 
-def t975(df: int) -> float:
-    if df <= 0:
-        return float("nan")
-    known = [k for k in sorted(_T975) if k <= df]
-    return _T975[known[-1]] if df <= 30 else 1.96
+def _reach(c: pd.DataFrame, target: Optional[float]) -> Optional[dict]:
+    """Step, BP and training seconds of the first point of ``c`` at ``target`` (derive.first_reach)."""
+    hit = first_reach(c, target) if target is not None else None
+    if hit is None:
+        return None
+    return {"step": int(hit["step"]), "bp": hit["bp"], "seconds": hit["hours"] * 3600.0}
 
 
-def mean_ci(values: list[float]) -> tuple[float, float]:
-    """(mean, half-width of the two-sided 95% Student-t interval); half-width nan for one value."""
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    if not vals:
-        return float("nan"), float("nan")
-    m = sum(vals) / len(vals)
-    if len(vals) < 2:
-        return m, float("nan")
-    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
-    return m, t975(len(vals) - 1) * sd / math.sqrt(len(vals))
-
-
-def first_reach(curve: dict, target: float) -> Optional[dict]:
-    """The first validation point with accuracy >= ``target`` (step, bp, seconds), or None."""
-    for i, acc in enumerate(curve["acc"]):
-        if acc >= target - 1e-12:
-            return {"step": curve["step"][i], "bp": curve["bp"][i], "seconds": curve["seconds"][i]}
-    return None
-
-
-def summarize(curves: dict[str, dict[int, dict]]) -> dict:
-    """curves[row][seed] -> per-row statistics (see the module docstring). Needs a ``grpo`` row; a
-    row with a REFERENCE that ran (``next`` -> ``grpo_lora``) is measured against that row instead."""
+def summarize(runs: dict[str, dict[int, Run]], metric: Optional[str]) -> dict:
+    """runs[row][seed] -> per-row statistics (see the module docstring). Needs a ``grpo`` row; a row
+    with a REFERENCE that ran (``next`` -> ``grpo_lora``) is measured against that row instead."""
+    curves = {row: {s: run_curve(r, metric) for s, r in by_seed.items()} for row, by_seed in runs.items()}
+    acc = {row: {s: c["acc"].to_numpy(float) for s, c in by_seed.items()} for row, by_seed in curves.items()}
     out = {}
     for row, by_seed in curves.items():
         ref = reference_of(row, curves)
-        grpo = curves[ref]
+        grpo = acc[ref]
         seeds = sorted(by_seed)
-        final = {s: by_seed[s]["acc"][-1] if by_seed[s]["acc"] else None for s in seeds}
-        peak = {s: max(by_seed[s]["acc"]) if by_seed[s]["acc"] else None for s in seeds}
-        reach = {}
-        for s in seeds:
-            g = grpo.get(s)
-            target = max(g["acc"]) if g and g["acc"] else None
-            reach[s] = first_reach(by_seed[s], target) if target is not None else None
+        a = acc[row]
+        final = {s: float(a[s][-1]) if len(a[s]) else None for s in seeds}
+        peak = {s: float(a[s].max()) if len(a[s]) else None for s in seeds}
+        reach = {s: _reach(by_seed[s], float(grpo[s].max()) if s in grpo and len(grpo[s]) else None) for s in seeds}
         reached = [r for r in reach.values() if r is not None]
-        paired_final = [final[s] - grpo[s]["acc"][-1] for s in seeds if s in grpo and grpo[s]["acc"] and final[s] is not None]
-        paired_peak = [peak[s] - max(grpo[s]["acc"]) for s in seeds if s in grpo and grpo[s]["acc"] and peak[s] is not None]
+        paired_final = [final[s] - float(grpo[s][-1]) for s in seeds if s in grpo and len(grpo[s]) and final[s] is not None]
+        paired_peak = [peak[s] - float(grpo[s].max()) for s in seeds if s in grpo and len(grpo[s]) and peak[s] is not None]
+        extras = {s: run_extras(runs[row][s], rule_of(row)) for s in seeds}
         out[row] = {
             "seeds": seeds, "reference": ref,
-            "step0": {s: by_seed[s]["acc"][0] if by_seed[s]["step"] and by_seed[s]["step"][0] == 0 else None for s in seeds},
-            "final": final, "final_mean_ci": mean_ci(list(final.values())),
-            "peak": peak, "peak_mean_ci": mean_ci(list(peak.values())),
+            "step0": {s: float(a[s][0]) if len(a[s]) and by_seed[s].index[0] == 0 else None for s in seeds},
+            "final": final, "final_mean_ci": mean_ci95(list(final.values())),
+            "peak": peak, "peak_mean_ci": mean_ci95(list(peak.values())),
             "reach": reach, "reached": f"{len(reached)}/{len(seeds)}",
             "reach_mean": {k: (sum(r[k] for r in reached) / len(reached) if reached else None) for k in ("step", "bp", "seconds")},
-            "shutoff": {s: by_seed[s]["shutoff"] for s in seeds},
-            "next_seconds": {s: by_seed[s]["next_seconds"] for s in seeds if by_seed[s].get("next_seconds") is not None},
-            "next_events_mean": (sum(by_seed[s].get("next_events") or 0 for s in seeds) / len(seeds)) if seeds else 0.0,
-            "capo_masked": {s: by_seed[s]["capo_masked"] for s in seeds if by_seed[s].get("capo_masked") is not None},
-            "paired_final_diff": mean_ci(paired_final), "paired_peak_diff": mean_ci(paired_peak),
+            "shutoff": {s: extras[s]["shutoff"] for s in seeds},
+            "next_seconds": {s: extras[s]["next_seconds"] for s in seeds if extras[s]["next_seconds"] is not None},
+            "next_events_mean": (sum(extras[s]["next_events"] or 0 for s in seeds) / len(seeds)) if seeds else 0.0,
+            "capo_masked": {s: extras[s]["capo_masked"] for s in seeds if extras[s]["capo_masked"] is not None},
+            "paired_final_diff": mean_ci95(paired_final), "paired_peak_diff": mean_ci95(paired_peak),
             "wins_final": f"{sum(d > 0 for d in paired_final)}/{len(paired_final)}",
             "ties_final": sum(d == 0 for d in paired_final),
         }
@@ -213,62 +231,55 @@ def markdown(stats: dict, metric: str, steps: int, wall: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(curves: dict[str, dict[int, dict]], path: Path, metric: str) -> None:
+def groups_of(runs: dict[str, dict[int, Run]]) -> list[Group]:
+    """One :class:`~launch.report.derive.Group` per row that has runs (its seeds), named after the row
+    (rows such as ``grpo`` and ``grpo_lr1e-3`` share a configuration key); ``grpo`` first, so the
+    plots draw it as the reference."""
+    rows = sorted((r for r in runs if runs[r]), key=lambda r: r != "grpo")
+    return [Group(next(iter(runs[r].values())).key, [runs[r][s] for s in sorted(runs[r])], name=r) for r in rows]
+
+
+def plot(runs: dict[str, dict[int, Run]], path: Path, metric: str) -> None:
+    """``compare.png``: the rows' curves against steps, BP and training hours, one panel each."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    for row, by_seed in curves.items():
-        runs = [c for c in by_seed.values() if c["acc"]]
-        if not runs:
-            continue
-        common = sorted(set.intersection(*[set(c["step"]) for c in runs]))
-        if not common:
-            continue
-        idx = [{st: i for i, st in enumerate(c["step"])} for c in runs]
-        ys = [[c["acc"][m[st]] for c, m in zip(runs, idx)] for st in common]
-        mean_y = [sum(v) / len(v) for v in ys]
-        lo, hi = [min(v) for v in ys], [max(v) for v in ys]
-        for ax, xkey, xlabel in zip(axes, ("step", "bp", "seconds"), ("training step", "backward passes", "training seconds")):
-            xs = [sum(c[xkey][m[st]] for c, m in zip(runs, idx)) / len(runs) for st in common]
-            (line,) = ax.plot(xs, mean_y, marker="o", ms=3, label=f"{row} (n={len(runs)})")
-            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
-            ax.set_xlabel(xlabel)
-    axes[0].set_ylabel(f"validation accuracy\n({metric})")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    groups = groups_of(runs)
+    fig, axes = plt.subplots(1, len(AXES), figsize=(16, 4.5))
+    for i, (ax, (axis, _)) in enumerate(zip(axes, AXES)):
+        draw_panel(ax, groups, metric, Options(), axis)
+        if i and ax.get_legend() is not None:
+            ax.get_legend().remove()  # one legend: the first panel's
     fig.suptitle("Embedded task: mean over seeds (band: min..max)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+def _curve_record(run: Run, row: str, metric: Optional[str]) -> dict:
+    c = run_curve(run, metric)
+    return {"step": [int(s) for s in c.index], **{k: [float(v) for v in c[k]] for k in ("acc", "bp", "seconds")},
+            "metric": metric, **run_extras(run, rule_of(row))}
+
+
 def report(out: Path, rows: list[str], seeds: list[int], steps: int) -> str:
-    curves: dict[str, dict[int, dict]] = {}
+    runs = read_rows(out, rows, seeds)
+    if not runs.get("grpo"):
+        raise SystemExit(f"[compare] no GRPO metrics under {out / 'grpo'}: GRPO is the reference row")
     wall: dict[str, float] = {}
-    metric = None
-    for row in rows:
-        curves[row] = {}
-        for s in seeds:
-            run_dir = out / row / f"seed{s}"
-            data = run_layout.read_metrics(str(run_dir))
-            if not data:
-                continue
-            c = run_curve(data, rule_of(row))
-            metric = metric or c["metric"]
-            curves[row][s] = c
-            w = run_dir / "wall_s.txt"
+    for row, by_seed in runs.items():
+        for s in by_seed:
+            w = Path(out) / row / f"seed{s}" / "wall_s.txt"
             if w.exists():
                 wall[f"{row}/s{s}"] = float(w.read_text())
-    if not curves.get("grpo"):
-        raise SystemExit(f"[compare] no GRPO metrics under {out / 'grpo'}: GRPO is the reference row")
-    stats = summarize(curves)
+    metric = val_key(runs)
+    stats = summarize(runs, metric)
     md = markdown(stats, metric or "?", steps, wall)
-    (out / "summary.md").write_text(md)
-    (out / "summary.json").write_text(json.dumps({"metric": metric, "steps": steps, "stats": stats, "curves": curves, "wall_s": wall},
-                                                 indent=1, default=str))
-    plot(curves, out / "compare.png", metric or "?")
+    curves = {row: {s: _curve_record(r, row, metric) for s, r in by_seed.items()} for row, by_seed in runs.items()}
+    (Path(out) / "summary.md").write_text(md)
+    (Path(out) / "summary.json").write_text(json.dumps({"metric": metric, "steps": steps, "stats": stats, "curves": curves,
+                                                        "wall_s": wall}, indent=1, default=str))
+    plot(runs, Path(out) / "compare.png", metric or "?")
     return md

@@ -12,12 +12,12 @@ import pandas as pd
 
 from launch import runmeta
 from launch.report.derive import (
-    EPS,
     Group,
     Options,
     _base_cols,
     _show_alpha,
     distinguish,
+    first_reach,
     group_runs,
     interp_at,
     model_reference,
@@ -235,8 +235,8 @@ def table2_rows(runs_or_groups: Sequence[Run] | Sequence[Group], spec: str,
         ref_c = curves[ref.key] if ref else None
         ref_c = ref_c[ref_c.index >= 1] if ref_c is not None else None
         thr = float(ref_c["acc"].max()) if ref_c is not None and len(ref_c) else float("nan")
-        ref_match = _first_reach(ref_c, thr) if ref_c is not None else None
-        hit = _first_reach(c, thr)
+        ref_match = first_reach(ref_c, thr) if ref_c is not None else None
+        hit = first_reach(c, thr)
         vals: dict[str, float] = {}
         for field_, ratio in (("step", "step_speedup"), ("hours", "time_speedup"), ("bp", "bp_speedup")):
             val = hit[field_] if hit is not None else np.nan
@@ -269,16 +269,6 @@ def table2(groups: Sequence[Group], spec: str, opts: Options) -> pd.DataFrame:
     if not df.empty and not any(g.accel in EXTRA_COST for g in groups):
         df = df.drop(columns=["NExt predictor s", "NExt events"])  # no row has such a cost
     return df
-
-
-def _first_reach(c: pd.DataFrame, thr: float) -> dict | None:
-    if c is None or c.empty or not np.isfinite(thr):
-        return None
-    hit = c[c["acc"] >= thr - EPS]
-    if hit.empty:
-        return None
-    step = int(hit.index[0])
-    return {"step": float(step), "hours": float(hit["hours"].iloc[0]), "bp": float(hit["bp"].iloc[0])}
 
 
 def iso_table(groups: Sequence[Group], opts: Options, axis: str, budgets: Sequence[float] | None) -> pd.DataFrame:

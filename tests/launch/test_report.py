@@ -455,3 +455,35 @@ def test_avg_is_over_exactly_the_configured_benchmarks_or_incomplete(tmp_path):
     # with exactly these two benchmarks configured, the average is theirs
     (row,) = report.table1_rows(runs, at="final", opts=Options(benchmarks=BENCH2))
     assert row.avg == pytest.approx((0.40 + 0.20) / 2)
+
+
+# ------------------------------------------------------------------------------ statistics
+def test_mean_ci95_is_the_student_t_interval():
+    from launch.report.derive import mean_ci95, t975
+
+    m, h = mean_ci95([1.0, 2.0, 3.0])  # sd 1, df 2: t = 4.303
+    assert m == pytest.approx(2.0) and h == pytest.approx(4.303 / np.sqrt(3))
+    assert mean_ci95([1.0, None, float("nan"), 3.0]) == pytest.approx((2.0, 12.706))  # sd sqrt(2), n 2
+    m1, h1 = mean_ci95([0.5])
+    assert m1 == 0.5 and np.isnan(h1)  # one seed: no interval
+    assert all(np.isnan(v) for v in mean_ci95([]))
+    assert t975(11) == pytest.approx(2.228) and t975(100) == pytest.approx(1.96) and np.isnan(t975(0))
+
+
+def test_first_reach_is_the_first_point_at_the_threshold():
+    from launch.report.derive import first_reach
+
+    c = pd.DataFrame({"acc": [0.3, 0.5, 0.45, 0.6], "bp": [0.0, 6.0, 12.0, 18.0], "hours": [0.0, 0.1, 0.2, 0.3]},
+                     index=[0, 2, 4, 6])
+    assert first_reach(c, 0.45) == {"step": 2.0, "hours": 0.1, "bp": 6.0}
+    assert first_reach(c, 0.6)["step"] == 6.0  # equal counts as reached
+    assert first_reach(c, 0.61) is None and first_reach(c, float("nan")) is None
+    assert first_reach(c.iloc[:0], 0.1) is None
+
+
+def test_a_named_group_is_labelled_with_its_name(tmp_path):
+    rows = [{"step": s, "grpo/backward_passes": s, "val-core/math500/acc/mean@4": 0.1 * s} for s in range(3)]
+    (tmp_path / "qwen2.5-3b_grpo_s1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (g,) = report.group_runs(report.load_runs([tmp_path]))
+    assert g.label() == "GRPO"
+    assert report.Group(g.key, g.runs, name="grpo_lr1e-3").label() == "grpo_lr1e-3"

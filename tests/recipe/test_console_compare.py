@@ -1,4 +1,5 @@
-"""The concise console backend and the compare command's reader / statistics (pure, no runs)."""
+"""The concise console backend and the compare command's report (launch.report.paired over launch.report's
+reader, statistics and plots; pure, no runs)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from omegaconf import OmegaConf
 
 from launch import compare as launch_compare
 from launch.report import paired
-from recipe.gxpo import compare, run_layout
+from recipe.gxpo import compare
 from verl_ext.tracking.console import ConciseConsole, format_step, install_console
 
 
@@ -63,7 +64,11 @@ def test_bad_console_mode_names_key_and_allowed():
 
 
 def _write_run(path, rule, accs, bp_per_step, sec_per_step=2.0, shutoff=None, test_freq=2):
+    """A finished ``<out>/<row>/seed<N>`` run: compare's meta.json (the row's overrides) and metrics."""
     path.mkdir(parents=True)
+    row, seed = path.parent.name, int(path.name.removeprefix("seed"))
+    args = compare.run_args(row, seed, path, (len(accs) - 1) * test_freq, [])
+    (path / "meta.json").write_text(json.dumps({"row": row, "seed": seed, "overrides": args}))
     with open(path / "metrics-1.jsonl", "w") as f:
         f.write(json.dumps({"step": 0, "data": {"val-core/arithmetic/acc/mean@4": accs[0]}}) + "\n")
         f.write("{broken line\n")
@@ -81,24 +86,30 @@ def test_reader_curve_and_statistics(tmp_path):
     _write_run(tmp_path / "grpo" / "seed2", "grpo", [0.3, 0.35, 0.4, 0.42], 2)
     _write_run(tmp_path / "gxpo" / "seed1", "gxpo", [0.3, 0.5, 0.55, 0.5], 6, shutoff=3)
     _write_run(tmp_path / "gxpo" / "seed2", "gxpo", [0.3, 0.36, 0.38, 0.41], 6, shutoff=-1)
-    c = paired.run_curve(run_layout.read_metrics(str(tmp_path / "gxpo" / "seed1")), "gxpo")
-    assert c["step"] == [0, 2, 4, 6] and c["acc"] == [0.3, 0.5, 0.55, 0.5]
-    assert c["bp"] == [0.0, 12.0, 24.0, 36.0] and c["seconds"] == [0.0, 4.0, 8.0, 12.0] and c["shutoff"] == 3
+    with pytest.warns(UserWarning, match="malformed"):  # the broken line is skipped, not fatal
+        runs = paired.read_rows(tmp_path, ["grpo", "gxpo"], [1, 2, 3])  # no seed 3: left out
+    assert {row: sorted(by_seed) for row, by_seed in runs.items()} == {"grpo": [1, 2], "gxpo": [1, 2]}
+    metric = paired.val_key(runs)
+    assert metric == "val-core/arithmetic/acc/mean@4"
+    c = paired.run_curve(runs["gxpo"][1], metric)  # launch.report.derive.curve + seconds
+    assert list(c.index) == [0, 2, 4, 6] and list(c["acc"]) == [0.3, 0.5, 0.55, 0.5]
+    assert list(c["bp"]) == [0.0, 12.0, 24.0, 36.0] and list(c["seconds"]) == pytest.approx([0.0, 4.0, 8.0, 12.0])
+    assert paired.run_extras(runs["gxpo"][1], "gxpo")["shutoff"] == 3
+    assert paired.run_extras(runs["gxpo"][2], "gxpo")["shutoff"] is None  # -1: never shut off
 
-    curves = {row: {s: paired.run_curve(run_layout.read_metrics(str(tmp_path / row / f"seed{s}")), row) for s in (1, 2)}
-              for row in ("grpo", "gxpo")}
-    st = paired.summarize(curves)
+    st = paired.summarize(runs, metric)
     g, x = st["grpo"], st["gxpo"]
-    assert g["reach"][1] == {"step": 4, "bp": 8.0, "seconds": 8.0}  # GRPO reaches its own peak at its argmax
-    assert x["reach"][1] == {"step": 2, "bp": 12.0, "seconds": 4.0}  # 0.5 >= GRPO's 0.5 at step 2
+    assert g["reach"][1] == {"step": 4, "bp": 8.0, "seconds": pytest.approx(8.0)}  # GRPO reaches its own peak at its argmax
+    assert x["reach"][1] == {"step": 2, "bp": 12.0, "seconds": pytest.approx(4.0)}  # 0.5 >= GRPO's 0.5 at step 2
     assert x["reach"][2] is None and x["reached"] == "1/2"  # 0.41 < 0.42: not reached, counted
     assert x["reach_mean"]["step"] == 2
     assert x["shutoff"] == {1: 3, 2: None}
     m, h = x["final_mean_ci"]
     assert m == pytest.approx(0.455) and h == pytest.approx(12.706 * math.sqrt(((0.5 - 0.455) ** 2 + (0.41 - 0.455) ** 2)) / math.sqrt(2))
-    assert x["paired_final_diff"][0] == pytest.approx(((0.5 - 0.45) + (0.41 - 0.42)) / 2)
+    d, hd = x["paired_final_diff"]  # per-seed differences 0.05 and -0.01
+    assert d == pytest.approx(0.02) and hd == pytest.approx(12.706 * math.sqrt(2 * 0.03 ** 2) / math.sqrt(2))
     assert x["wins_final"] == "1/2"
-    md = paired.markdown(st, "val-core/arithmetic/acc/mean@4", 6, {})
+    md = paired.markdown(st, metric, 6, {})
     assert "not reached" in md and "| gxpo | grpo | 0.300 |" in md
 
 
@@ -134,18 +145,48 @@ def test_rows_are_validated_before_anything_runs(capsys):
 
 
 def test_report_writes_summary_and_plot(tmp_path):
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
+
+    from launch.report.plots import draw_panel
+
     for s in (1, 2, 3):
         _write_run(tmp_path / "grpo" / f"seed{s}", "grpo", [0.3, 0.4, 0.5], 2)
         _write_run(tmp_path / "sfpo" / f"seed{s}", "sfpo", [0.3, 0.45, 0.48], 4, shutoff=-1)
-    md = paired.report(tmp_path, ["grpo", "sfpo"], [1, 2, 3], 4)
+        _write_run(tmp_path / "grpo_lr1e-3" / f"seed{s}", "grpo", [0.3, 0.2 + 0.1 * (s - 1), 0.1], 2)
+    rows = ["grpo", "sfpo", "grpo_lr1e-3"]
+    md = paired.report(tmp_path, rows, [1, 2, 3], 4)
     assert (tmp_path / "summary.md").read_text() == md
     assert (tmp_path / "compare.png").stat().st_size > 1000
-    assert json.loads((tmp_path / "summary.json").read_text())["stats"]["sfpo"]["reached"] == "0/3"
+    out = json.loads((tmp_path / "summary.json").read_text())
+    assert out["stats"]["sfpo"]["reached"] == "0/3"
+    assert out["curves"]["sfpo"]["2"]["bp"] == [0.0, 8.0, 16.0]  # 4 BP a step
+
+    # compare.png's panels: one Group per row, named after it (grpo and grpo_lr1e-3 share a configuration key)
+    groups = paired.groups_of(paired.read_rows(tmp_path, rows, [1, 2, 3]))
+    assert [g.name for g in groups] == rows and groups[0].key == groups[2].key
+    assert [len(g.runs) for g in groups] == [3, 3, 3]
+    fig, axes = plt.subplots(1, 3)
+    for ax, axis in zip(axes, ("step", "bp", "hours")):
+        draw_panel(ax, groups, out["metric"], paired.Options(), axis)
+    labels = [t.get_text() for t in axes[0].get_legend().get_texts()]
+    assert labels == [f"{r} (mean of 3 seeds, band: min-max)" for r in rows] + ["GRPO peak"]
+    assert axes[0].lines[0].get_color() == "black"  # the grpo row is the reference, not grpo_lr1e-3
+    assert list(axes[1].lines[1].get_xdata()) == [0.0, 8.0, 16.0]  # sfpo against BP
+    band = [c for c in axes[0].collections if isinstance(c, PolyCollection)][2]  # grpo_lr1e-3's seeds: 0.2..0.4
+    ys = band.get_paths()[0].vertices[:, 1]
+    assert ys.min() == pytest.approx(10.0) and ys.max() == pytest.approx(40.0)
+    plt.close(fig)
 
 
-def test_t_quantiles():
-    assert paired.t975(2) == pytest.approx(4.303) and paired.t975(100) == pytest.approx(1.96)
-    assert paired.mean_ci([0.5])[1] != paired.mean_ci([0.5])[1]  # nan for one seed
+def test_one_seed_has_no_interval(tmp_path):
+    _write_run(tmp_path / "grpo" / "seed1", "grpo", [0.3, 0.5], 2)
+    _write_run(tmp_path / "sfpo" / "seed1", "sfpo", [0.3, 0.6], 4)
+    runs = paired.read_rows(tmp_path, ["grpo", "sfpo"], [1])
+    st = paired.summarize(runs, paired.val_key(runs))
+    assert st["sfpo"]["final_mean_ci"][0] == pytest.approx(0.6) and math.isnan(st["sfpo"]["final_mean_ci"][1])
+    assert st["sfpo"]["paired_final_diff"][0] == pytest.approx(0.1) and math.isnan(st["sfpo"]["paired_final_diff"][1])
+    assert "| 0.600 | 0.600 |" in paired.markdown(st, "m", 2, {})  # final and peak without "±"
 
 
 def test_resume_keeps_finished_runs_with_the_same_overrides_only(tmp_path):
