@@ -58,12 +58,12 @@ def test_a_cuda_torchvision_breaks_transformers_without_the_guard(tmp_path):
 
 def test_importing_verl_ext_hides_a_cuda_torchvision_next_to_the_cpu_torch(tmp_path):
     out = _run(PROBE.format(first="import verl_ext"), _fake(tmp_path, "0.28.0+cu130"))
-    assert out == {"error": None, "hidden": ["torchvision"], "found": False}, out
+    assert out["error"] is None and "torchvision" in out["hidden"] and out["found"] is False, out
 
 
 def test_a_cpu_torchvision_is_left_alone(tmp_path):
     out = _run(PROBE.format(first="import verl_ext"), _fake(tmp_path, "0.28.0+cpu"))
-    assert out["hidden"] == [] and out["found"] is True, out  # (the fake then fails as itself)
+    assert "torchvision" not in out["hidden"] and out["found"] is True, out  # (the fake then fails as itself)
 
 
 @needs_vllm
@@ -82,4 +82,4 @@ def test_vllms_own_processes_hide_it_through_the_platform_plugin_and_stay_on_cpu
         from vllm.platforms import current_platform
         print(json.dumps({"cpu": current_platform.is_cpu(), "hidden": torch_companions.hidden}))
     """, _fake(tmp_path, "0.28.0+cu130"))
-    assert out == {"cpu": True, "hidden": ["torchvision"]}, out
+    assert out["cpu"] is True and "torchvision" in out["hidden"], out

