@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -570,13 +571,16 @@ def job_from_args(args, name: str, overrides: Sequence[str], submission_id: str 
 
 def precheck(args, jobs: Sequence[Mapping[str, Any]]) -> None:
     """Compose and check every job's config on this machine (:mod:`launch.precheck`) unless
-    ``--no-precheck``; a refusal becomes a :class:`LaunchError` (nothing is submitted)."""
+    ``--no-precheck``; a refusal becomes a :class:`LaunchError` (nothing is submitted). What the
+    checks and the libraries they import print (vLLM logs its plugins to stdout when verl imports it)
+    goes to stderr: stdout carries only the launcher's result, e.g. ``--dry-run``'s JSON."""
     if args.no_precheck:
         return
     from launch.precheck import PrecheckError, check_jobs
 
     try:
-        n = check_jobs(jobs, ENTRY_MODULE)
+        with contextlib.redirect_stdout(sys.stderr):
+            n = check_jobs(jobs, ENTRY_MODULE)
     except PrecheckError as exc:
         raise LaunchError(f"{exc} (nothing was submitted; --no-precheck skips this check)") from exc
     if n:
