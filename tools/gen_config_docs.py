@@ -1,6 +1,7 @@
 """Generate docs/configuration.md from the config dataclasses (the only source of the project's keys),
 the table of every Hydra group option in conf/README.md from the files under conf/, and the
-recipe config's per-variant alpha map from ``VARIANT_DEFAULTS``.
+recipe config's ``gxpo:`` and ``sfpo:`` blocks from ``GXPOConfig`` (with the per-variant alpha map from
+``VARIANT_DEFAULTS``) and ``SFPOConfig``.
 
     python tools/gen_config_docs.py            # rewrite all three
     python tools/gen_config_docs.py --check    # exit 1 if any is out of date (tests/conf/test_config_docs.py)
