@@ -82,10 +82,12 @@ def timed_closures(model, opt, x, y, acc):
 
 
 PASSES = {  # parameter-sized memory passes of the rule's own work per active update (reads + writes)
-    "gxpo": 14,  # theta0 copy 2, g0 snapshot 2, post-step grad norm 1, ratio->scale 3, reposition 4, corrective dots 2
+    # theta0 copy 2, g0 snapshot 2, post-step grad norm 1, the fused extrapolation 5 (reads x1, x0, theta, theta0,
+    # writes the new chunk) and that chunk's copy into theta 2, corrective dots 2
+    "gxpo": 14,
     "gxpo_authors": 14,
     "gxpo_authors_tx": 14 + 8,  # + optimizer-state snapshot (two moments: read 2, write 2) and restore (4)
-    "gxpo_adam_dir": 2 + 2 + 2 + 5 + 3 + 4 + 2,  # + theta1 copy 2, the direction kernel 5 (no post-step norm)
+    "gxpo_adam_dir": 2 + 2 + 2 + 5 + 5 + 2 + 2,  # + theta1 copy 2, the direction kernel 5 (no post-step norm)
     "sfpo": 2 + 4,  # theta0 copy 2, reposition 4
     "grpo": 0,
 }

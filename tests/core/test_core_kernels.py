@@ -111,3 +111,29 @@ def test_compiled_kernels_equal_eager_kernels(monkeypatch, variant):
     for k in ("retention_ratio_mean", "retention_ratio_median", "scale_mean", "inactive_frac", "displacement_norm",
               "reposition_norm", "cos_g0_gcorr"):
         assert math.isclose(mc[f"gxpo/{k}"], me[f"gxpo/{k}"], rel_tol=1e-6, abs_tol=1e-9), (k, mc, me)
+
+
+def test_finite_test_is_skipped_only_where_the_scale_is_bounded():
+    f32 = torch.float32
+    assert K.scale_is_bounded(5, -2.0, 3.0, 1e-8, f32)            # the authors' clamp: |s| <= 5 * 3^4 / 1e-8
+    assert not K.scale_is_bounded(5, -2.0, math.inf, 1e-8, f32)   # unbounded ratio
+    assert not K.scale_is_bounded(5, -2.0, 3.0, 0.0, f32)         # no guard on S_2
+    assert not K.scale_is_bounded(90, -2.0, 3.0, 1e-8, f32)       # 3^89 overflows float32
+    assert K.scale_is_bounded(90, -2.0, 3.0, 1e-8, torch.float64)
+
+
+@pytest.mark.parametrize("guard_one", [True, False])
+def test_fused_extrapolation_without_the_finite_test_gives_the_same_numbers(guard_one):
+    """On a bounded clamp (every r in [-2, 3], r = -1 and r = 0 included) the kernel without the non-finite
+    test equals the kernel with it, parameters and all five sums."""
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(4096, generator=g)
+    x1 = x0 * torch.cat([torch.tensor([-1.0, 0.0, 3.0, -2.0, 7.0, -9.0]), torch.empty(4090).uniform_(-3, 4, generator=g)])
+    x0[:3] = torch.tensor([0.0, -0.0, 1e-12])  # inactive coordinates
+    p, a = torch.randn(4096, generator=g), torch.randn(4096, generator=g)
+    prm = torch.tensor([1.0, 1e-8, 1.0, -2.0, 3.0, 1e-8, 1.0, 3.5, 0.5])
+    flags = dict(K=5, floored=True, nonneg=False, guard_one=guard_one, clamp_lo=True, clamp_hi=True, moves_one=False)
+    new_a, sums_a = K._extrapolate(x1, x0, p, a, torch.tensor(1e-8), prm, finite_guard=True, **flags)
+    new_b, sums_b = K._extrapolate(x1, x0, p, a, torch.tensor(1e-8), prm, finite_guard=False, **flags)
+    assert torch.isfinite(new_a).all()
+    assert torch.equal(new_a, new_b) and torch.equal(sums_a, sums_b)

@@ -1,12 +1,11 @@
 """Fused per-chunk kernels of the active update (docs/algorithm.md#active-update, #variants, #sfpo).
 
-Each kernel is ONE pass over its inputs: it reads the chunk once, writes its output in place and
-returns its reductions as a small float64 tensor (so a caller collects them without a host sync and
-moves them to the host once per update). The same Python function runs in two ways:
+Each kernel is ONE pass over its inputs: it reads the chunk once, writes its output and returns its
+reductions as a small float64 tensor (so a caller collects them without a host sync and moves them
+to the host once per update). The same Python function runs in two ways:
 
 * **compiled** (``torch.compile``: inductor C++/OpenMP on CPU, Triton on GPU): the whole
-  ratio -> clamp -> scale -> clamp pipeline and its reductions fuse into one loop with no temporary
-  the size of the chunk;
+  ratio -> clamp -> scale -> clamp -> reposition pipeline and its reductions fuse into one loop;
 * **eager** (the plain fallback): the same torch ops one by one on a chunk of at most
   ``CHUNK_NUMEL`` elements (bounded scratch memory).
 
@@ -22,6 +21,7 @@ rule (K - 1 multiply-adds, no transcendental and no 0/0 at r = 1); see
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import warnings
@@ -33,8 +33,9 @@ KERNELS_ENV = "GXPO_KERNELS"
 KERNEL_MODES = ("auto", "compile", "eager")
 MIN_COMPILED_NUMEL = 1 << 18  # smaller chunks run eager (a compiled call costs more than it saves there)
 
-# indices into the per-update parameter vector ``prm`` (compute dtype, on the parameters' device)
-X1_DIV, FLOOR, NONFINITE, RATIO_MIN, RATIO_MAX, SCALE_EPS, SCALE_MIN, SCALE_MAX, ALPHA = range(9)
+# indices into the per-update parameter vector ``prm`` (compute dtype, on the parameters' device);
+# X1_INV is 1 / x1_div (a multiply per coordinate instead of a division)
+X1_INV, FLOOR, NONFINITE, RATIO_MIN, RATIO_MAX, SCALE_EPS, SCALE_MIN, SCALE_MAX, ALPHA = range(9)
 N_PRM = 9
 
 F64 = torch.float64
@@ -71,22 +72,23 @@ def _compiler_available(device: torch.device) -> bool:
 def ratio(x1: torch.Tensor, x0: torch.Tensor, thr: torch.Tensor, prm: torch.Tensor, floored: bool):
     """``(r, A)``: the clamped ratio ``(x1 / x1_div) / x0`` on A = {|x0| > thr}, 0 off A (docs/algorithm.md#variants)."""
     ct = prm.dtype
-    g, a = x1.to(ct), x0.to(ct)
+    g, a = x1.to(ct) * prm[X1_INV], x0.to(ct)
     act = a.abs() > thr
-    if floored:  # sign(x0) * max(|x0|, floor) with sign(0) = +
-        m = torch.maximum(a.abs(), prm[FLOOR])
-        r = g / torch.where(a < 0, -m, m)
+    if floored:  # sign(x0) * max(|x0|, floor); x0 = -0.0 is never active (|x0| > thr >= 0 fails), so its sign is moot
+        r = g / torch.copysign(torch.maximum(a.abs(), prm[FLOOR]), a)
     else:
         r = g / a
-    r = r / prm[X1_DIV]
     r = torch.where(r != r, prm[NONFINITE], r)  # NaN -> ratio_nonfinite; +-inf clamp to the bounds below
     r = torch.minimum(torch.maximum(r, prm[RATIO_MIN]), prm[RATIO_MAX])
     return r * act, act
 
 
 def scale(r: torch.Tensor, act: torch.Tensor, prm: torch.Tensor, K: int, nonneg: bool, guard_one: bool,
-          clamp_lo: bool, clamp_hi: bool, moves_one: bool) -> torch.Tensor:
-    """``s = S_K(r) / S_2(r)`` with the ``scale_guard`` near r = -1, non-finite -> 1, the scale clamp, s = 1 off A."""
+          clamp_lo: bool, clamp_hi: bool, moves_one: bool, finite_guard: bool = True) -> torch.Tensor:
+    """``s = S_K(r) / S_2(r)`` with the ``scale_guard`` near r = -1, non-finite -> 1, the scale clamp, s = 1 off A.
+
+    ``finite_guard=False`` skips the non-finite -> 1 test where the caller has shown that s is
+    always finite (:func:`scale_is_bounded`)."""
     s_k = r + 1.0
     for _ in range(K - 2):
         s_k = s_k * r + 1.0
@@ -102,7 +104,8 @@ def scale(r: torch.Tensor, act: torch.Tensor, prm: torch.Tensor, K: int, nonneg:
             s = torch.where(small, 1.0, s_k / torch.where(small, 1.0, s_2))
         else:
             s = s_k / torch.where(s_2 >= 0, torch.maximum(s_2, eps), torch.minimum(s_2, -eps))
-        s = torch.where(s.abs() < _INF, s, 1.0)
+        if finite_guard:
+            s = torch.where(s.abs() < _INF, s, 1.0)
     if clamp_lo:
         s = torch.maximum(s, prm[SCALE_MIN])
     if clamp_hi:
@@ -112,16 +115,40 @@ def scale(r: torch.Tensor, act: torch.Tensor, prm: torch.Tensor, K: int, nonneg:
     return s
 
 
-def _ratio_scale(x1, x0, thr, prm, *, K: int, floored: bool, nonneg: bool, guard_one: bool, clamp_lo: bool,
-                 clamp_hi: bool, moves_one: bool) -> torch.Tensor:
+def scale_is_bounded(K: int, ratio_min: float, ratio_max: float, scale_eps: float, dtype: torch.dtype) -> bool:
+    """Whether every s is finite without the non-finite test: |S_K(r)| <= K B^(K-1) with B = max(1, |r|)
+    (also for Horner's partial sums) and |S_2| >= scale_eps after the guard, so |s| <= K B^(K-1) / scale_eps."""
+    b = max(1.0, abs(ratio_min), abs(ratio_max))
+    if not (math.isfinite(b) and scale_eps > 0):
+        return False
+    log_bound = math.log(K) + (K - 1) * math.log(b) - math.log(scale_eps)
+    return log_bound < math.log(torch.finfo(dtype).max) - 1.0
+
+
+def _extrapolate(x1, x0, p, a, thr, prm, *, K: int, floored: bool, nonneg: bool, guard_one: bool, clamp_lo: bool,
+                 clamp_hi: bool, moves_one: bool, finite_guard: bool):
+    """Ratio -> clamp -> scale -> clamp -> reposition in one pass over ``(x1, x0, theta, theta0)``.
+
+    Returns the new parameter chunk ``theta0 + alpha * s * (theta - theta0)`` (the caller copies it
+    into theta) and ``[|A|, sum r, sum_A s, ||theta - theta0||^2, ||s (theta - theta0)||^2]``. s itself
+    is never stored. The chunk is returned rather than written into theta because inductor fuses a
+    store to a NEW buffer with the reductions into one loop, while an in-place store into an input
+    makes it emit a second loop that reads the inputs and computes the whole pipeline again.
+    """
+    ct = prm.dtype
     r, act = ratio(x1, x0, thr, prm, floored)
-    s = scale(r, act, prm, K, nonneg, guard_one, clamp_lo, clamp_hi, moves_one)
-    x1.copy_(s)
-    return torch.stack([act.sum(dtype=F64), r.sum(dtype=F64), torch.where(act, s, 0.0).sum(dtype=F64)])
+    s = scale(r, act, prm, K, nonneg, guard_one, clamp_lo, clamp_hi, moves_one, finite_guard)
+    a_c = a.to(ct)
+    d = p.to(ct) - a_c
+    ds = d * s
+    new = (a_c + prm[ALPHA] * ds).to(p.dtype)
+    return new, torch.stack([act.sum(dtype=F64), r.sum(dtype=F64), torch.where(act, s, 0.0).sum(dtype=F64),
+                             d.to(F64).square().sum(), ds.to(F64).square().sum()])
 
 
 def _reposition(p, a, s, prm) -> torch.Tensor:
-    """In place ``p <- a + alpha * s * (p - a)``; returns ``[||p - a||^2, ||s (p - a)||^2]``."""
+    """In place ``p <- a + alpha * s * (p - a)``; returns ``[||p - a||^2, ||s (p - a)||^2]`` (SFPO, and GXPO's
+    tensors that got no gradient, s = 1)."""
     ct = prm.dtype
     d = p.to(ct) - a.to(ct)
     ds = d * s.to(ct) if s is not None else d
@@ -195,7 +222,7 @@ class Kernel:
         return self.fn(*args, **static)
 
 
-ratio_scale_ = Kernel(_ratio_scale)
+extrapolate = Kernel(_extrapolate)
 reposition_ = Kernel(_reposition)
 dots = Kernel(_dots)
 finite_sumsq = Kernel(_finite_sumsq)

@@ -367,9 +367,10 @@ class GXPORule(_GatedRule):
     active update makes a constant handful of host syncs whatever the number of tensors.
 
     Memory: ``carry`` with ``raw``/``clipped`` ratios needs two buffers the size of the local
-    trainable shard (theta0 and g0), optionally in host memory; the scale s is formed in ``.grad``
-    after the second probe's step and the displacement in the parameters themselves, so g0 survives
-    to the corrective pass for ``cos_g0_gcorr``. ``ratio_source: adam_direction`` adds one more
+    trainable shard (theta0 and g0), optionally in host memory; the scale s is formed per chunk
+    inside the extrapolation kernel (never stored; the kernel's output is one chunk, at most
+    ``CHUNK_NUMEL`` elements, copied into the parameters), so g0 survives to the corrective pass for
+    ``cos_g0_gcorr``. ``ratio_source: adam_direction`` adds one more
     buffer (theta1); ``optimizer_state: transactional`` adds one copy of the optimizer state (held
     by the hooks, see :mod:`.policies`); ``on_failure: standard_step`` keeps theta0 through the
     corrective optimizer step (to restore it if that step is non-finite) while g0 is already freed,
@@ -638,9 +639,9 @@ class GXPORule(_GatedRule):
         return torch.where(vec[n:] > 0, thr, torch.full_like(thr, math.inf)).to(prm_dtype)
 
     def _extrapolate(self, u: _Probe, hooks) -> dict[str, float]:
-        """Ratio -> clamp -> scale -> clamp (one fused kernel per chunk, s into .grad), then the reposition
-        ``theta <- theta0 + alpha * s * (theta - theta0)`` (one more); every reduction lands on the host
-        in ONE transfer (docs/algorithm.md#active-update, #variants)."""
+        """Ratio -> clamp -> scale -> clamp -> reposition ``theta <- theta0 + alpha * s * (theta - theta0)``, one
+        fused kernel per chunk (s is never stored); every reduction lands on the host in ONE transfer
+        (docs/algorithm.md#active-update, #variants)."""
         c = self.config
         dev = u.dev
         clip_coef = self._post_step_clip(u) if self.source.needs_post_step_grad() else 1.0
@@ -649,7 +650,8 @@ class GXPORule(_GatedRule):
         )
         prm_dtype = K.compute_dtype(next((x.dtype for x, _ in pairs if x is not None), u.locs[0].dtype))
         prm = K.device_vector([
-            x1_div, c.active_eps / x0_unit if c.ratio_denominator == "floored" else 0.0,
+            1.0 / x1_div if x1_div else math.inf,
+            c.active_eps / x0_unit if c.ratio_denominator == "floored" else 0.0,
             0.0 if c.ratio_nonfinite == "zero" else 1.0, c.ratio_min, c.ratio_max, c.scale_eps,
             K.optional_prm(c.scale_min, -math.inf),
             math.inf if c.scale_headroom is None else c.K / 2.0 + c.scale_headroom, c.alpha,
@@ -660,31 +662,36 @@ class GXPORule(_GatedRule):
             guard_one=c.scale_guard == "one", clamp_lo=c.scale_min is not None, clamp_hi=c.scale_headroom is not None,
             moves_one=(c.scale_min is not None and c.scale_min > 1)
             or (c.scale_headroom is not None and c.K / 2 + c.scale_headroom < 1),
+            finite_guard=not K.scale_is_bounded(c.K, c.ratio_min, c.ratio_max, c.scale_eps, prm_dtype),
         )
         numel = sum(x0.numel() for _, x0 in pairs)
         stride = max(1, sum(p.numel() for p in u.locs) // MEDIAN_SAMPLES)
         stats, samples, seen = [], [], 0
+        no_ratio = torch.zeros(3, dtype=torch.float64, device=dev)
+
+        def moved(t):
+            return t.to(dev, non_blocking=True) if u.nb else t
+
         with torch.no_grad():
-            for i, (x1, x0) in enumerate(pairs):
-                if x1 is None:  # no gradient reached this parameter: inactive, s = 1 (see reposition)
+            for i, (p, (x1, x0), a) in enumerate(zip(u.locs, pairs, u.theta0)):
+                if x1 is None:  # no gradient reached this parameter: inactive, s = 1
                     seen += x0.numel()
+                    for pc, ac in zip(chunks(p, CHUNK_NUMEL), chunks(a, CHUNK_NUMEL)):
+                        stats.append(torch.cat([no_ratio, K.reposition_(pc, moved(ac), None, prm)]))
                     continue
                 ti = thr[i]
-                for gc, bc in zip(chunks(x1, CHUNK_NUMEL), chunks(x0, CHUNK_NUMEL)):
-                    x0c = bc.to(dev, non_blocking=True) if u.nb else bc
+                for gc, bc, pc, ac in zip(chunks(x1, CHUNK_NUMEL), chunks(x0, CHUNK_NUMEL), chunks(p, CHUNK_NUMEL),
+                                          chunks(a, CHUNK_NUMEL)):
+                    x0c = moved(bc)
                     idx = slice((-seen) % stride, None, stride)  # fixed positions: the median's sample
                     r, act = K.ratio(gc.reshape(-1)[idx], x0c.reshape(-1)[idx], ti, prm, flags["floored"])
                     samples.append(torch.where(act, r, math.nan).to(torch.float32))
                     seen += gc.numel()
-                    stats.append(K.ratio_scale_(gc, x0c, ti, prm, **flags))
-            reposition = []
-            for p, (s_full, _), a in zip(u.locs, pairs, u.theta0):
-                s_chunks = chunks(s_full, CHUNK_NUMEL) if s_full is not None else None
-                for j, (pc, ac) in enumerate(zip(chunks(p, CHUNK_NUMEL), chunks(a, CHUNK_NUMEL))):
-                    sc = next(s_chunks) if s_chunks is not None else None
-                    reposition.append(K.reposition_(pc, ac.to(dev, non_blocking=True) if u.nb else ac, sc, prm))
+                    new, sums = K.extrapolate(gc, x0c, pc, moved(ac), ti, prm, **flags)
+                    pc.copy_(new)
+                    stats.append(sums)
             median = self._median(samples, dev)
-            vec = torch.cat([K.sum_stacked(stats, 3, dev), K.sum_stacked(reposition, 2, dev)])
+            vec = K.sum_stacked(stats, 5, dev)
             vec = torch.cat([vec, torch.full((1,), float(numel), dtype=torch.float64, device=dev)])
             self.comm.all_reduce_sum(vec)
             values = torch.cat([vec, median.reshape(1).to(torch.float64)]).tolist()  # the one transfer
