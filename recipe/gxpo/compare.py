@@ -53,7 +53,8 @@ NEXT_AUTHORS_MINI = ["actor_rollout_ref.actor.next.snapshot_every=1", "actor_rol
 # CAPO's own claim ("stable where baselines fail"): an aggressive step size. The embedded task's
 # default is 1e-4 (a warm-started model); at 1e-3 GRPO's first updates wreck it (conf/experiment/cpu_arithmetic.yaml).
 AGGRESSIVE_LR = ["actor_rollout_ref.actor.optim.lr=1.0e-3"]
-RAISED_LR = ["actor_rollout_ref.actor.optim.lr=3.0e-4"]  # between the two: GRPO degrades
+RAISED_LR = ["actor_rollout_ref.actor.optim.lr=3.0e-4"]  # between the two: GRPO did not degrade (one seed)
+HIGH_LR = ["actor_rollout_ref.actor.optim.lr=6.0e-4"]    # between 3e-4 (GRPO fine) and 1e-3 (GRPO collapses)
 
 # row -> the Hydra overrides that make it (on top of the embedded default and the user's overrides)
 ROWS: dict[str, list[str]] = {
@@ -69,6 +70,8 @@ ROWS: dict[str, list[str]] = {
     "capo_lr1e-3": ["method=capo", *AGGRESSIVE_LR],
     "grpo_lr3e-4": ["actor_rollout_ref.actor.update_rule=grpo", *RAISED_LR],
     "capo_lr3e-4": ["method=capo", *RAISED_LR],
+    "grpo_lr6e-4": ["actor_rollout_ref.actor.update_rule=grpo", *HIGH_LR],
+    "capo_lr6e-4": ["method=capo", *HIGH_LR],
     "grpo_lora": ["actor_rollout_ref.actor.update_rule=grpo", *LORA],
     "next": ["method=next", *LORA, *NEXT_AUTHORS_MINI],   # NExt as its authors run it (scaled) + LoRA GRPO
     "next_online": ["method=next", *LORA, *NEXT_MINI],    # NExt's online variant + LoRA GRPO
@@ -76,11 +79,12 @@ ROWS: dict[str, list[str]] = {
 # the update rule a row's counters are logged under (<rule>/backward_passes, <rule>/shutoff_update)
 ROW_RULE = {"grpo": "grpo", "sfpo": "sfpo", "gxpo": "gxpo", "gxpo_paper_text": "gxpo", "gxpo_authors": "gxpo",
             "capo": "grpo", "capo_sgd": "grpo", "capo_gxpo_k5": "gxpo", "grpo_lr1e-3": "grpo", "capo_lr1e-3": "grpo",
-            "grpo_lr3e-4": "grpo", "capo_lr3e-4": "grpo", "grpo_lora": "grpo", "next": "grpo", "next_online": "grpo"}
+            "grpo_lr3e-4": "grpo", "capo_lr3e-4": "grpo", "grpo_lr6e-4": "grpo", "capo_lr6e-4": "grpo", "grpo_lora": "grpo", "next": "grpo", "next_online": "grpo"}
 # the GRPO row a row is measured against ("to GRPO's peak", paired differences): LoRA rows against
 # LoRA GRPO, everything else against full-parameter GRPO
 REFERENCE = {"grpo_lora": "grpo", "next": "grpo_lora", "next_online": "grpo_lora", "grpo_lr1e-3": "grpo",
-             "capo_lr1e-3": "grpo_lr1e-3", "grpo_lr3e-4": "grpo", "capo_lr3e-4": "grpo_lr3e-4"}
+             "capo_lr1e-3": "grpo_lr1e-3", "grpo_lr3e-4": "grpo", "capo_lr3e-4": "grpo_lr3e-4", "grpo_lr6e-4": "grpo",
+             "capo_lr6e-4": "grpo_lr6e-4"}
 VARIANT_ROWS = ("gxpo_paper_text", "gxpo_authors")
 DEFAULT_ROWS = ("grpo", "sfpo", "gxpo_paper_text", "gxpo_authors")
 ACCEL_ROWS = ("capo", "capo_gxpo_k5", "grpo_lora", "next")

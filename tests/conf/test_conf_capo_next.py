@@ -115,7 +115,7 @@ def test_overrides_reach_the_dataclass_and_bad_values_name_the_key(compose):
         assert e.value.key == key, (override, e.value)
 
 
-@pytest.mark.parametrize("row", ["capo", "capo_sgd", "capo_gxpo_k5", "grpo_lr1e-3", "capo_lr1e-3", "grpo_lr3e-4", "capo_lr3e-4", "grpo_lora", "next", "next_online"])
+@pytest.mark.parametrize("row", ["capo", "capo_sgd", "capo_gxpo_k5", "grpo_lr1e-3", "capo_lr1e-3", "grpo_lr3e-4", "capo_lr3e-4", "grpo_lr6e-4", "capo_lr6e-4", "grpo_lora", "next", "next_online"])
 def test_compare_rows_compose_on_the_embedded_task(compose, row):
     """recipe.gxpo.compare's accelerator rows compose on the embedded default: the update rule their
     counters are read under, the accelerator switched on, and NExt on the same LoRA actor (rank, lr)
