@@ -135,25 +135,27 @@ def _extrapolate(x1, x0, p, a, thr, prm, *, K: int, floored: bool, nonneg: bool,
     store to a NEW buffer with the reductions into one loop, while an in-place store into an input
     makes it emit a second loop that reads the inputs and computes the whole pipeline again.
     """
-    ct = prm.dtype
     r, act = ratio(x1, x0, thr, prm, floored)
     s = scale(r, act, prm, K, nonneg, guard_one, clamp_lo, clamp_hi, moves_one, finite_guard)
+    new, d_sq, ds_sq = _toward(p, a, s, prm)
+    return new, torch.stack([act.sum(dtype=F64), r.sum(dtype=F64), torch.where(act, s, 0.0).sum(dtype=F64), d_sq, ds_sq])
+
+
+def _toward(p, a, s, prm):
+    """``a + alpha * s * (p - a)`` in p's dtype (``s=None``: s = 1), ``||p - a||^2`` and ``||s (p - a)||^2``."""
+    ct = prm.dtype
     a_c = a.to(ct)
     d = p.to(ct) - a_c
-    ds = d * s
-    new = (a_c + prm[ALPHA] * ds).to(p.dtype)
-    return new, torch.stack([act.sum(dtype=F64), r.sum(dtype=F64), torch.where(act, s, 0.0).sum(dtype=F64),
-                             d.to(F64).square().sum(), ds.to(F64).square().sum()])
+    ds = d * s.to(ct) if s is not None else d
+    return (a_c + prm[ALPHA] * ds).to(p.dtype), d.to(F64).square().sum(), ds.to(F64).square().sum()
 
 
 def _reposition(p, a, s, prm) -> torch.Tensor:
     """In place ``p <- a + alpha * s * (p - a)``; returns ``[||p - a||^2, ||s (p - a)||^2]`` (SFPO, and GXPO's
     tensors that got no gradient, s = 1)."""
-    ct = prm.dtype
-    d = p.to(ct) - a.to(ct)
-    ds = d * s.to(ct) if s is not None else d
-    p.copy_(a.to(ct) + prm[ALPHA] * ds)
-    return torch.stack([d.to(F64).square().sum(), ds.to(F64).square().sum()])
+    new, d_sq, ds_sq = _toward(p, a, s, prm)
+    p.copy_(new)
+    return torch.stack([d_sq, ds_sq])
 
 
 def _dots(g, b) -> torch.Tensor:
