@@ -133,7 +133,55 @@ def test_fused_extrapolation_without_the_finite_test_gives_the_same_numbers(guar
     p, a = torch.randn(4096, generator=g), torch.randn(4096, generator=g)
     prm = torch.tensor([1.0, 1e-8, 1.0, -2.0, 3.0, 1e-8, 1.0, 3.5, 0.5])
     flags = dict(K=5, floored=True, nonneg=False, guard_one=guard_one, clamp_lo=True, clamp_hi=True, moves_one=False)
-    new_a, sums_a = K._extrapolate(x1, x0, p, a, torch.tensor(1e-8), prm, finite_guard=True, **flags)
-    new_b, sums_b = K._extrapolate(x1, x0, p, a, torch.tensor(1e-8), prm, finite_guard=False, **flags)
+    new_a, new_b = torch.empty_like(p), torch.empty_like(p)
+    sums_a = K._extrapolate(x1, x0, p, a, torch.tensor(1e-8), prm, new_a, finite_guard=True, **flags)
+    sums_b = K._extrapolate(x1, x0, p, a, torch.tensor(1e-8), prm, new_b, finite_guard=False, **flags)
     assert torch.isfinite(new_a).all()
     assert torch.equal(new_a, new_b) and torch.equal(sums_a, sums_b)
+
+
+_FLAG_SETS = {  # the two variants and the options that change the compiled pipeline
+    "paper_text": dict(K=5, floored=False, nonneg=True, guard_one=False, clamp_lo=False, clamp_hi=False,
+                       moves_one=False, finite_guard=False),
+    "authors": dict(K=5, floored=True, nonneg=False, guard_one=True, clamp_lo=True, clamp_hi=True, moves_one=False,
+                    finite_guard=False),
+    "floor_guard_finite_test": dict(K=3, floored=False, nonneg=False, guard_one=False, clamp_lo=False, clamp_hi=True,
+                                    moves_one=True, finite_guard=True),
+    "K1": dict(K=1, floored=False, nonneg=True, guard_one=False, clamp_lo=False, clamp_hi=False, moves_one=False,
+               finite_guard=False),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("name", list(_FLAG_SETS))
+def test_compiled_extrapolation_is_one_loop_into_the_scratch_chunk(name, dtype):
+    """inductor's C++ for the fused kernel: ONE parallel loop that stores the new chunk and makes all five
+    sums, no chunk-sized temporary, and the eager numbers (the store-first pass at work; without it the
+    store gets a second loop that recomputes the pipeline)."""
+    if not K._compiler_available(torch.device("cpu")):
+        pytest.skip("no C++ compiler for inductor on this machine")
+    from torch._inductor.utils import run_and_get_code
+
+    flags = _FLAG_SETS[name]
+    g = torch.Generator().manual_seed(0)
+    n = 1 << 16
+    x0 = torch.randn(n, generator=g)
+    x1 = x0 * torch.empty(n).uniform_(-3, 4, generator=g)
+    x0[:2] = 0.0
+    p, a = (torch.randn(n, generator=g).to(dtype) for _ in range(2))
+    x1, x0 = x1.to(dtype), x0.to(dtype)
+    lo, hi = (0.0, 1.0) if flags["nonneg"] else (-2.0, 3.0)  # the ratio clamp each flag set is meant for
+    prm = torch.tensor([1.0, 1e-8, 1.0, lo, hi, 1e-8, 1.0, 3.5, 0.5])
+    thr = torch.tensor(1e-8)
+    torch._dynamo.reset()
+    fn = torch.compile(K._extrapolate, dynamic=True, fullgraph=True, options=K.compile_options())
+    out = torch.empty_like(p)
+    sums, codes = run_and_get_code(lambda: fn(x1, x0, p, a, thr, prm, out, **flags))
+    code = "\n".join(codes)
+    assert code.count("#pragma omp for") == 1, code
+    assert "empty_strided_cpu((s" not in code, code  # no buffer whose size is the chunk's
+    ref = torch.empty_like(p)
+    ref_sums = K._extrapolate(x1, x0, p, a, thr, prm, ref, **flags)
+    torch.testing.assert_close(out, ref, rtol=1e-6 if dtype == torch.float32 else 1e-2, atol=1e-6)
+    torch.testing.assert_close(sums, ref_sums, rtol=1e-5, atol=1e-6)

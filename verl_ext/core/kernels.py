@@ -21,6 +21,8 @@ rule (K - 1 multiply-adds, no transcendental and no 0/0 at r = 1); see
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import math
 import os
 import shutil
@@ -125,20 +127,23 @@ def scale_is_bounded(K: int, ratio_min: float, ratio_max: float, scale_eps: floa
     return log_bound < math.log(torch.finfo(dtype).max) - 1.0
 
 
-def _extrapolate(x1, x0, p, a, thr, prm, *, K: int, floored: bool, nonneg: bool, guard_one: bool, clamp_lo: bool,
-                 clamp_hi: bool, moves_one: bool, finite_guard: bool):
+def _extrapolate(x1, x0, p, a, thr, prm, out, *, K: int, floored: bool, nonneg: bool, guard_one: bool,
+                 clamp_lo: bool, clamp_hi: bool, moves_one: bool, finite_guard: bool):
     """Ratio -> clamp -> scale -> clamp -> reposition in one pass over ``(x1, x0, theta, theta0)``.
 
-    Returns the new parameter chunk ``theta0 + alpha * s * (theta - theta0)`` (the caller copies it
-    into theta) and ``[|A|, sum r, sum_A s, ||theta - theta0||^2, ||s (theta - theta0)||^2]``. s itself
-    is never stored. The chunk is returned rather than written into theta because inductor fuses a
-    store to a NEW buffer with the reductions into one loop, while an in-place store into an input
-    makes it emit a second loop that reads the inputs and computes the whole pipeline again.
+    Writes the new parameter chunk ``theta0 + alpha * s * (theta - theta0)`` into ``out`` and returns
+    ``[|A|, sum r, sum_A s, ||theta - theta0||^2, ||s (theta - theta0)||^2]``; s itself is never stored.
+    Compiled, ``out`` must be a scratch buffer that is not one of the inputs (the caller copies it
+    into theta): a store into theta, which the sums read, is ordered after them and inductor's C++
+    backend then emits a second loop that reads every input and computes the whole pipeline again;
+    a store into a buffer nothing else reads is moved ahead of the sums (:class:`_StoresFirst`)
+    and fuses with them into one loop. Eagerly ``out`` may be ``p`` itself.
     """
     r, act = ratio(x1, x0, thr, prm, floored)
     s = scale(r, act, prm, K, nonneg, guard_one, clamp_lo, clamp_hi, moves_one, finite_guard)
     new, d_sq, ds_sq = _toward(p, a, s, prm)
-    return new, torch.stack([act.sum(dtype=F64), r.sum(dtype=F64), torch.where(act, s, 0.0).sum(dtype=F64), d_sq, ds_sq])
+    out.copy_(new)
+    return torch.stack([act.sum(dtype=F64), r.sum(dtype=F64), torch.where(act, s, 0.0).sum(dtype=F64), d_sq, ds_sq])
 
 
 def _toward(p, a, s, prm):
@@ -183,9 +188,41 @@ def _finite_sumsq(x) -> torch.Tensor:
 
 # -- dispatch --------------------------------------------------------------------------------------
 
-_COMPILE_OPTIONS = {  # keep the whole pipeline in registers: no chunk-sized intermediate buffer
-    "realize_opcount_threshold": 10_000, "realize_reads_threshold": 10_000, "realize_acc_reads_threshold": 10_000,
-}
+def _stores_first(graph: torch.fx.Graph) -> None:
+    """Post-grad graph pass: a copy into a graph input that nothing else in the graph reads (a kernel's
+    ``out`` argument) moves to just after the value it stores. Functionalization puts such stores at
+    the end of the graph, after the reductions; inductor's C++ backend fuses a pointwise node only
+    with a reduction that comes after it, so a late store gets a loop of its own that recomputes the
+    whole pipeline. Moved first, the store and the reductions share one loop. Nothing that reads the
+    input moves, so the graph computes what it did."""
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target is torch.ops.aten.copy_.default:
+            dst, src = node.args[0], node.args[1]
+            if dst.op == "placeholder" and len(dst.users) == 1 and isinstance(src, torch.fx.Node):
+                src.append(node)
+
+
+_OPTIONS: dict = {}
+
+
+def compile_options() -> dict:
+    """inductor options of the kernels: keep the whole pipeline in registers (no chunk-sized intermediate
+    buffer) and run :func:`_stores_first` (imports inductor on first use only)."""
+    if not _OPTIONS:
+        from torch._inductor.custom_graph_pass import CustomGraphPass
+
+        class StoresFirst(CustomGraphPass):
+            def __call__(self, graph: torch.fx.Graph) -> None:
+                _stores_first(graph)
+
+            def uuid(self) -> str:  # part of inductor's cache key: changes with the pass's source
+                return hashlib.sha256(inspect.getsource(_stores_first).encode()).hexdigest()
+
+        _OPTIONS.update({
+            "realize_opcount_threshold": 10_000, "realize_reads_threshold": 10_000,
+            "realize_acc_reads_threshold": 10_000, "post_grad_custom_post_pass": StoresFirst(),
+        })
+    return _OPTIONS
 
 
 class Kernel:
@@ -211,7 +248,7 @@ class Kernel:
         t = args[0]
         if self.compiled_for(t):
             if self._compiled is None:
-                self._compiled = torch.compile(self.fn, dynamic=True, fullgraph=True, options=_COMPILE_OPTIONS)
+                self._compiled = torch.compile(self.fn, dynamic=True, fullgraph=True, options=compile_options())
             try:
                 return self._compiled(*args, **static)
             except Exception as e:  # noqa: BLE001 -- any backend failure: fall back, loudly, once

@@ -368,8 +368,8 @@ class GXPORule(_GatedRule):
 
     Memory: ``carry`` with ``raw``/``clipped`` ratios needs two buffers the size of the local
     trainable shard (theta0 and g0), optionally in host memory; the scale s is formed per chunk
-    inside the extrapolation kernel (never stored; the kernel's output is one chunk, at most
-    ``CHUNK_NUMEL`` elements, copied into the parameters), so g0 survives to the corrective pass for
+    inside the extrapolation kernel (never stored; the kernel's output goes to one scratch chunk
+    of at most ``CHUNK_NUMEL`` elements, kept between updates, and is copied into the parameters), so g0 survives to the corrective pass for
     ``cos_g0_gcorr``. ``ratio_source: adam_direction`` adds one more
     buffer (theta1); ``optimizer_state: transactional`` adds one copy of the optimizer state (held
     by the hooks, see :mod:`.policies`); ``on_failure: standard_step`` keeps theta0 through the
@@ -406,6 +406,7 @@ class GXPORule(_GatedRule):
         self.n_steps = 0
         self._step_signals: list[float] = []
         self._host_cache: Optional[list[torch.Tensor]] = None  # host buffers are kept between updates
+        self._scratch_bufs: dict = {}  # (dtype, device) -> one chunk: the compiled extrapolation's output
         if self.decide.rank == 0:
             print(f"[gxpo] resolved config: {json.dumps(c.resolved(), sort_keys=True)} clip_grad={self.clip_grad}", flush=True)
 
@@ -426,6 +427,17 @@ class GXPORule(_GatedRule):
             self._host_cache = [torch.empty(s, dtype=d, device="cpu", pin_memory=pin) for s, d in shapes]
         n = len(locs)
         return [self._host_cache[i * n:(i + 1) * n] for i in range(nbuf)]
+
+    def _scratch(self, like: torch.Tensor) -> torch.Tensor:
+        """A scratch chunk shaped like ``like`` (at most ``CHUNK_NUMEL`` elements), kept between updates:
+        the compiled extrapolation kernel's output (a fresh allocation per chunk would be fresh pages
+        from the OS on the CPU, a page fault per 4 KiB)."""
+        key = (like.dtype, like.device)
+        buf = self._scratch_bufs.get(key)
+        if buf is None or buf.numel() < like.numel():
+            buf = self._scratch_bufs[key] = torch.empty(max(CHUNK_NUMEL, like.numel()), dtype=like.dtype,
+                                                        device=like.device)
+        return buf[: like.numel()].view_as(like)
 
     def buffer_bytes(self) -> int:
         """Bytes of the parameter-sized snapshot buffers for the current parameters (2, or 3 for adam_direction)."""
@@ -687,9 +699,12 @@ class GXPORule(_GatedRule):
                     r, act = K.ratio(gc.reshape(-1)[idx], x0c.reshape(-1)[idx], ti, prm, flags["floored"])
                     samples.append(torch.where(act, r, math.nan).to(torch.float32))
                     seen += gc.numel()
-                    new, sums = K.extrapolate(gc, x0c, pc, moved(ac), ti, prm, **flags)
-                    pc.copy_(new)
-                    stats.append(sums)
+                    if K.extrapolate.compiled_for(gc):  # one fused loop into the scratch chunk, then into theta
+                        out = self._scratch(pc)
+                        stats.append(K.extrapolate(gc, x0c, pc, moved(ac), ti, prm, out, **flags))
+                        pc.copy_(out)
+                    else:
+                        stats.append(K.extrapolate(gc, x0c, pc, moved(ac), ti, prm, pc, **flags))
             median = self._median(samples, dev)
             vec = K.sum_stacked(stats, 5, dev)
             vec = torch.cat([vec, torch.full((1,), float(numel), dtype=torch.float64, device=dev)])
