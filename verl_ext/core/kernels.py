@@ -2,7 +2,10 @@
 
 Each kernel is ONE pass over its inputs: it reads the chunk once, writes its output and returns its
 reductions as a small float64 tensor (so a caller collects them without a host sync and moves them
-to the host once per update). The same Python function runs in two ways:
+to the host once per update). The extrapolation's sums accumulate in the compute dtype (float32
+for 32- and 16-bit data) with cascade summation (inductor's C++ and ATen's CPU sum both use it;
+a chunk is at most 4M elements, so the count of active coordinates is exact) and are carried
+across chunks in float64. The same Python function runs in two ways:
 
 * **compiled** (``torch.compile``: inductor C++/OpenMP on CPU, Triton on GPU): the whole
   ratio -> clamp -> scale -> clamp -> reposition pipeline and its reductions fuse into one loop;
@@ -143,16 +146,17 @@ def _extrapolate(x1, x0, p, a, thr, prm, out, *, K: int, floored: bool, nonneg: 
     s = scale(r, act, prm, K, nonneg, guard_one, clamp_lo, clamp_hi, moves_one, finite_guard)
     new, d_sq, ds_sq = _toward(p, a, s, prm)
     out.copy_(new)
-    return torch.stack([act.sum(dtype=F64), r.sum(dtype=F64), torch.where(act, s, 0.0).sum(dtype=F64), d_sq, ds_sq])
+    sums = [act.sum(dtype=prm.dtype), r.sum(), torch.where(act, s, 0.0).sum(), d_sq, ds_sq]
+    return torch.stack(sums).to(F64)
 
 
 def _toward(p, a, s, prm):
-    """``a + alpha * s * (p - a)`` in p's dtype (``s=None``: s = 1), ``||p - a||^2`` and ``||s (p - a)||^2``."""
+    """``a + alpha * s * (p - a)`` in p's dtype (``s=None``: s = 1), ``||p - a||^2`` and ``||s (p - a)||^2`` (compute dtype)."""
     ct = prm.dtype
     a_c = a.to(ct)
     d = p.to(ct) - a_c
     ds = d * s.to(ct) if s is not None else d
-    return (a_c + prm[ALPHA] * ds).to(p.dtype), d.to(F64).square().sum(), ds.to(F64).square().sum()
+    return (a_c + prm[ALPHA] * ds).to(p.dtype), d.square().sum(), ds.square().sum()
 
 
 def _reposition(p, a, s, prm) -> torch.Tensor:
@@ -160,14 +164,14 @@ def _reposition(p, a, s, prm) -> torch.Tensor:
     tensors that got no gradient, s = 1)."""
     new, d_sq, ds_sq = _toward(p, a, s, prm)
     p.copy_(new)
-    return torch.stack([d_sq, ds_sq])
+    return torch.stack([d_sq, ds_sq]).to(F64)
 
 
 def _dots(g, b) -> torch.Tensor:
-    """``[g0 . g, ||g||^2, ||g0||^2]`` (products in the compute dtype, sums in float64)."""
+    """``[g0 . g, ||g||^2, ||g0||^2]`` (accumulated in the compute dtype, returned in float64)."""
     ct = compute_dtype(g.dtype)
     g, b = g.to(ct), b.to(ct)
-    return torch.stack([(g * b).sum(dtype=F64), g.to(F64).square().sum(), b.to(F64).square().sum()])
+    return torch.stack([(g * b).sum(), g.square().sum(), b.square().sum()]).to(F64)
 
 
 def _adam_directions(out, p, a, e, kl) -> None:
@@ -183,7 +187,7 @@ def _finite_sumsq(x) -> torch.Tensor:
     """Sum of squares with non-finite entries counted as 0 (the relative-RMS active threshold)."""
     x = x.to(compute_dtype(x.dtype))
     x = torch.where(x.abs() < _INF, x, 0.0)
-    return x.to(F64).square().sum()
+    return x.square().sum().to(F64)
 
 
 # -- dispatch --------------------------------------------------------------------------------------
