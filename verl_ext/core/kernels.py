@@ -24,6 +24,7 @@ rule (K - 1 multiply-adds, no transcendental and no 0/0 at r = 1); see
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import math
@@ -60,14 +61,20 @@ def kernel_mode() -> str:
 
 
 def _compiler_available(device: torch.device) -> bool:
-    if device.type == "cuda":
+    return _compiler_for(device.type, os.environ.get("CXX"))
+
+
+@functools.lru_cache(maxsize=None)
+def _compiler_for(device_type: str, cxx: Optional[str]) -> bool:
+    """Whether inductor can compile for ``device_type`` (cached: a PATH search costs ~0.1 ms per chunk)."""
+    if device_type == "cuda":
         try:
             from torch.utils._triton import has_triton
             return bool(has_triton())
         except Exception:  # pragma: no cover
             return False
-    if device.type == "cpu":
-        return any(shutil.which(c) for c in (os.environ.get("CXX") or "g++", "c++", "clang++"))
+    if device_type == "cpu":
+        return any(shutil.which(c) for c in (cxx or "g++", "c++", "clang++"))
     return False
 
 
@@ -183,6 +190,11 @@ def _adam_directions(out, p, a, e, kl) -> None:
     e.copy_((a.to(ct) * kl[0] - ef) / kl[1])
 
 
+def _sumsq(x) -> torch.Tensor:
+    """Sum of squares (accumulated in the compute dtype, returned in float64): the post-step gradient norm."""
+    return x.to(compute_dtype(x.dtype)).square().sum().to(F64)
+
+
 def _finite_sumsq(x) -> torch.Tensor:
     """Sum of squares with non-finite entries counted as 0 (the relative-RMS active threshold)."""
     x = x.to(compute_dtype(x.dtype))
@@ -268,6 +280,7 @@ class Kernel:
 extrapolate = Kernel(_extrapolate)
 reposition_ = Kernel(_reposition)
 dots = Kernel(_dots)
+sumsq = Kernel(_sumsq)
 finite_sumsq = Kernel(_finite_sumsq)
 adam_directions_ = Kernel(_adam_directions)
 

@@ -627,7 +627,7 @@ class GXPORule(_GatedRule):
         present = [g for g in grads1 if g is not None]
         if not present:
             raise RuntimeError("optimizer_step() must leave the clipped gradient it stepped with in .grad (it was cleared)")
-        post_sq = torch.stack([n.to(torch.float64) for n in torch._foreach_norm(present)]).square().sum()
+        post_sq = torch.stack([K.sumsq(c) for g in present for c in chunks(g, CHUNK_NUMEL)]).sum()
         self.comm.all_reduce_sum(post_sq)
         post_norm = math.sqrt(post_sq.item())
         if u.n1 > 0 and post_norm == 0.0:
