@@ -678,7 +678,8 @@ class GXPORule(_GatedRule):
         )
         numel = sum(x0.numel() for _, x0 in pairs)
         stride = max(1, sum(p.numel() for p in u.locs) // MEDIAN_SAMPLES)
-        stats, samples, seen = [], [], 0
+        stats, seen = [], 0
+        sampled: tuple[list, list, list] = ([], [], [])  # x1, x0 and threshold at the median's sample positions
         no_ratio = torch.zeros(3, dtype=torch.float64, device=dev)
 
         def moved(t):
@@ -696,8 +697,10 @@ class GXPORule(_GatedRule):
                                           chunks(a, CHUNK_NUMEL)):
                     x0c = moved(bc)
                     idx = slice((-seen) % stride, None, stride)  # fixed positions: the median's sample
-                    r, act = K.ratio(gc.reshape(-1)[idx], x0c.reshape(-1)[idx], ti, prm, flags["floored"])
-                    samples.append(torch.where(act, r, math.nan).to(torch.float32))
+                    s0 = x0c.reshape(-1)[idx].to(prm_dtype)
+                    sampled[0].append(gc.reshape(-1)[idx].to(prm_dtype))
+                    sampled[1].append(s0.clone() if u.nb else s0)  # a moved chunk is gone after this iteration
+                    sampled[2].append(ti.expand(s0.numel()))
                     seen += gc.numel()
                     if K.extrapolate.compiled_for(gc):  # one fused loop into the scratch chunk, then into theta
                         out = self._scratch(pc)
@@ -705,7 +708,7 @@ class GXPORule(_GatedRule):
                         pc.copy_(out)
                     else:
                         stats.append(K.extrapolate(gc, x0c, pc, moved(ac), ti, prm, pc, **flags))
-            median = self._median(samples, dev)
+            median = self._median(self._sampled_ratios(sampled, prm, flags["floored"], dev), dev)
             vec = K.sum_stacked(stats, 5, dev)
             vec = torch.cat([vec, torch.full((1,), float(numel), dtype=torch.float64, device=dev)])
             self.comm.all_reduce_sum(vec)
@@ -725,10 +728,18 @@ class GXPORule(_GatedRule):
             out.update(self._metric(retention_ratio_median=median))
         return out
 
-    def _median(self, samples: list[torch.Tensor], dev) -> torch.Tensor:
+    @staticmethod
+    def _sampled_ratios(sampled, prm, floored: bool, dev) -> torch.Tensor:
+        """The clamped ratios at the sample positions (NaN off A), in one call for all chunks."""
+        if not sampled[0]:
+            return torch.empty(0, device=dev)
+        x1, x0, thr = (torch.cat(v) for v in sampled)
+        r, act = K.ratio(x1, x0, thr, prm, floored)
+        return torch.where(act, r, math.nan).to(torch.float32)
+
+    def _median(self, local_s: torch.Tensor, dev) -> torch.Tensor:
         """Median of the first ``MEDIAN_SAMPLES`` sampled active ratios of every rank, as a 0-d device tensor
         (fixed shapes throughout: no data-dependent indexing, no sync)."""
-        local_s = torch.cat(samples) if samples else torch.empty(0, device=dev)
         buf = K.first_k_finite(local_s, MEDIAN_SAMPLES)
         return torch.nanmedian(self.comm.all_gather_cat(buf))
 
