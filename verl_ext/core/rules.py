@@ -679,6 +679,7 @@ class GXPORule(_GatedRule):
         numel = sum(x0.numel() for _, x0 in pairs)
         stride = max(1, sum(p.numel() for p in u.locs) // MEDIAN_SAMPLES)
         stats, seen = [], 0
+        small, small_key, small_n = [], None, 0  # chunks below the compile threshold, extrapolated together
         sampled: tuple[list, list, list] = ([], [], [])  # x1, x0 and threshold at the median's sample positions
         no_ratio = torch.zeros(3, dtype=torch.float64, device=dev)
 
@@ -706,8 +707,15 @@ class GXPORule(_GatedRule):
                         out = self._scratch(pc)
                         stats.append(K.extrapolate(gc, x0c, pc, moved(ac), ti, prm, out, **flags))
                         pc.copy_(out)
-                    else:
-                        stats.append(K.extrapolate(gc, x0c, pc, moved(ac), ti, prm, pc, **flags))
+                        continue
+                    key = (gc.dtype, x0c.dtype, pc.dtype, ac.dtype)  # too small to compile alone: batched
+                    if small and (key != small_key or small_n + gc.numel() > CHUNK_NUMEL):
+                        stats.append(self._extrapolate_small(small, prm, flags))
+                        small, small_n = [], 0
+                    small.append((gc, x0c, pc, moved(ac), ti))
+                    small_key, small_n = key, small_n + gc.numel()
+            if small:
+                stats.append(self._extrapolate_small(small, prm, flags))
             median = self._median(self._sampled_ratios(sampled, prm, flags["floored"], dev), dev)
             vec = K.sum_stacked(stats, 5, dev)
             vec = torch.cat([vec, torch.full((1,), float(numel), dtype=torch.float64, device=dev)])
@@ -727,6 +735,18 @@ class GXPORule(_GatedRule):
         if math.isfinite(median):
             out.update(self._metric(retention_ratio_median=median))
         return out
+
+    def _extrapolate_small(self, items, prm, flags) -> torch.Tensor:
+        """One kernel call for many small chunks ``(x1, x0, theta, theta0, threshold)`` (biases, norms, LoRA
+        factors): concatenated, extrapolated with a per-element threshold, and copied back, instead of
+        a few dozen eager ops per tensor. Returns the five sums."""
+        x1, x0, p, a = (torch.cat([it[k].reshape(-1) for it in items]) for k in range(4))
+        thr = torch.cat([it[4].expand(it[0].numel()) for it in items])
+        out = self._scratch(p) if K.extrapolate.compiled_for(x1) else p  # p is already a copy here
+        sums = K.extrapolate(x1, x0, p, a, thr, prm, out, **flags)
+        dst = [it[2] for it in items]
+        torch._foreach_copy_(dst, [o.view_as(d) for o, d in zip(out.split([d.numel() for d in dst]), dst)])
+        return sums
 
     @staticmethod
     def _sampled_ratios(sampled, prm, floored: bool, dev) -> torch.Tensor:
