@@ -369,7 +369,8 @@ class GXPORule(_GatedRule):
     Memory: ``carry`` with ``raw``/``clipped`` ratios needs two buffers the size of the local
     trainable shard (theta0 and g0), optionally in host memory; the scale s is formed per chunk
     inside the extrapolation kernel (never stored; the kernel's output goes to one scratch chunk
-    of at most ``CHUNK_NUMEL`` elements, kept between updates, and is copied into the parameters), so g0 survives to the corrective pass for
+    of at most ``CHUNK_NUMEL`` elements, kept between updates, and is copied into the parameters;
+    tensors too small to compile alone are concatenated into batches of at most one chunk), so g0 survives to the corrective pass for
     ``cos_g0_gcorr``. ``ratio_source: adam_direction`` adds one more
     buffer (theta1); ``optimizer_state: transactional`` adds one copy of the optimizer state (held
     by the hooks, see :mod:`.policies`); ``on_failure: standard_step`` keeps theta0 through the
