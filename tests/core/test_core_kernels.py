@@ -185,3 +185,33 @@ def test_compiled_extrapolation_is_one_loop_into_the_scratch_chunk(name, dtype):
     ref_sums = K._extrapolate(x1, x0, p, a, thr, prm, ref, **flags)
     torch.testing.assert_close(out, ref, rtol=1e-6 if dtype == torch.float32 else 1e-2, atol=1e-6)
     torch.testing.assert_close(sums, ref_sums, rtol=1e-5, atol=1e-6)
+
+
+def test_small_chunks_extrapolated_together_equal_one_call_each():
+    """The batch of small chunks (one concatenated call, per-element thresholds, copied back, a
+    non-contiguous tensor among them) gives each tensor what its own call gives, and the summed sums."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(7,), (3, 5), (5, 3), (64,)]
+    x0s = [torch.randn(s, generator=g) for s in shapes]
+    x1s = [x * torch.empty(s).uniform_(-0.5, 1.5, generator=g) for x, s in zip(x0s, shapes)]
+    ps = [torch.randn(s, generator=g) for s in shapes]
+    ps[2] = torch.randn(3, 5, generator=g).t()  # non-contiguous parameter
+    a_s = [torch.randn(s, generator=g) for s in shapes]
+    thrs = torch.tensor([1e-8, 0.3, 0.0, 0.5])
+    prm = torch.tensor([1.0, 1e-8, 0.0, 0.0, 1.0, 1e-8, 1.0, 3.5, 0.5])
+    flags = dict(K=5, floored=False, nonneg=True, guard_one=False, clamp_lo=False, clamp_hi=False, moves_one=False,
+                 finite_guard=False)
+    ref_p, ref_sums = [], []
+    for x1, x0, p, a, t in zip(x1s, x0s, ps, a_s, thrs):
+        out = p.clone()
+        ref_sums.append(K._extrapolate(x1, x0, p, a, t, prm, out, **flags))
+        ref_p.append(out)
+    rule = GXPORule([torch.nn.Parameter(torch.zeros(1))], {"K": 5})
+    got_p = [p.clone() for p in ps]
+    got_p[2] = torch.randn(3, 5).t()
+    got_p[2].copy_(ps[2])
+    sums = rule._extrapolate_small(list(zip(x1s, x0s, got_p, a_s, thrs)), prm, flags)
+    for got, ref in zip(got_p, ref_p):
+        torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(sums, torch.stack(ref_sums).sum(0), rtol=1e-6, atol=1e-7)
+    assert sums[0].item() == sum(int((x.abs() > t).sum()) for x, t in zip(x0s, thrs)) < sum(x.numel() for x in x0s)
