@@ -146,7 +146,7 @@ def _extrapolate(x1, x0, p, a, thr, prm, out, *, K: int, floored: bool, nonneg: 
     Compiled, ``out`` must be a scratch buffer that is not one of the inputs (the caller copies it
     into theta): a store into theta, which the sums read, is ordered after them and inductor's C++
     backend then emits a second loop that reads every input and computes the whole pipeline again;
-    a store into a buffer nothing else reads is moved ahead of the sums (:class:`_StoresFirst`)
+    a store into a buffer nothing else reads is moved ahead of the sums (:func:`_stores_first`)
     and fuses with them into one loop. Eagerly ``out`` may be ``p`` itself.
     """
     r, act = ratio(x1, x0, thr, prm, floored)
@@ -218,27 +218,23 @@ def _stores_first(graph: torch.fx.Graph) -> None:
                 src.append(node)
 
 
-_OPTIONS: dict = {}
-
-
+@functools.cache
 def compile_options() -> dict:
     """inductor options of the kernels: keep the whole pipeline in registers (no chunk-sized intermediate
     buffer) and run :func:`_stores_first` (imports inductor on first use only)."""
-    if not _OPTIONS:
-        from torch._inductor.custom_graph_pass import CustomGraphPass
+    from torch._inductor.custom_graph_pass import CustomGraphPass
 
-        class StoresFirst(CustomGraphPass):
-            def __call__(self, graph: torch.fx.Graph) -> None:
-                _stores_first(graph)
+    class StoresFirst(CustomGraphPass):
+        def __call__(self, graph: torch.fx.Graph) -> None:
+            _stores_first(graph)
 
-            def uuid(self) -> str:  # part of inductor's cache key: changes with the pass's source
-                return hashlib.sha256(inspect.getsource(_stores_first).encode()).hexdigest()
+        def uuid(self) -> str:  # part of inductor's cache key: changes with the pass's source
+            return hashlib.sha256(inspect.getsource(_stores_first).encode()).hexdigest()
 
-        _OPTIONS.update({
-            "realize_opcount_threshold": 10_000, "realize_reads_threshold": 10_000,
-            "realize_acc_reads_threshold": 10_000, "post_grad_custom_post_pass": StoresFirst(),
-        })
-    return _OPTIONS
+    return {
+        "realize_opcount_threshold": 10_000, "realize_reads_threshold": 10_000,
+        "realize_acc_reads_threshold": 10_000, "post_grad_custom_post_pass": StoresFirst(),
+    }
 
 
 class Kernel:

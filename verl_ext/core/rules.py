@@ -370,8 +370,8 @@ class GXPORule(_GatedRule):
     trainable shard (theta0 and g0), optionally in host memory; the scale s is formed per chunk
     inside the extrapolation kernel (never stored; the kernel's output goes to one scratch chunk
     of at most ``CHUNK_NUMEL`` elements, kept between updates, and is copied into the parameters;
-    tensors too small to compile alone are concatenated into batches of at most one chunk), so g0 survives to the corrective pass for
-    ``cos_g0_gcorr``. ``ratio_source: adam_direction`` adds one more
+    tensors too small to compile alone are concatenated into batches of at most one chunk), so g0
+    survives to the corrective pass for ``cos_g0_gcorr``. ``ratio_source: adam_direction`` adds one more
     buffer (theta1); ``optimizer_state: transactional`` adds one copy of the optimizer state (held
     by the hooks, see :mod:`.policies`); ``on_failure: standard_step`` keeps theta0 through the
     corrective optimizer step (to restore it if that step is non-finite) while g0 is already freed,
@@ -705,8 +705,8 @@ class GXPORule(_GatedRule):
                     sampled[2].append(ti.expand(s0.numel()))
                     seen += gc.numel()
                     if K.extrapolate.compiled_for(gc):  # one fused loop into the scratch chunk, then into theta
-                        out = self._scratch(pc)
-                        stats.append(K.extrapolate(gc, x0c, pc, moved(ac), ti, prm, out, **flags))
+                        sums, out = self._fused_extrapolate(gc, x0c, pc, moved(ac), ti, prm, flags)
+                        stats.append(sums)
                         pc.copy_(out)
                         continue
                     key = (gc.dtype, x0c.dtype, pc.dtype, ac.dtype)  # too small to compile alone: batched
@@ -737,14 +737,19 @@ class GXPORule(_GatedRule):
             out.update(self._metric(retention_ratio_median=median))
         return out
 
+    def _fused_extrapolate(self, x1, x0, p, a, thr, prm, flags) -> tuple[torch.Tensor, torch.Tensor]:
+        """One extrapolation call: ``(sums, new chunk)``. Compiled, the new chunk is the scratch chunk (a
+        store into ``p``, which the sums read, would cost a second loop); eagerly it is ``p`` itself."""
+        out = self._scratch(p) if K.extrapolate.compiled_for(x1) else p
+        return K.extrapolate(x1, x0, p, a, thr, prm, out, **flags), out
+
     def _extrapolate_small(self, items, prm, flags) -> torch.Tensor:
         """One kernel call for many small chunks ``(x1, x0, theta, theta0, threshold)`` (biases, norms, LoRA
         factors): concatenated, extrapolated with a per-element threshold, and copied back, instead of
         a few dozen eager ops per tensor. Returns the five sums."""
         x1, x0, p, a = (torch.cat([it[k].reshape(-1) for it in items]) for k in range(4))
         thr = torch.cat([it[4].expand(it[0].numel()) for it in items])
-        out = self._scratch(p) if K.extrapolate.compiled_for(x1) else p  # p is already a copy here
-        sums = K.extrapolate(x1, x0, p, a, thr, prm, out, **flags)
+        sums, out = self._fused_extrapolate(x1, x0, p, a, thr, prm, flags)
         dst = [it[2] for it in items]
         torch._foreach_copy_(dst, [o.view_as(d) for o, d in zip(out.split([d.numel() for d in dst]), dst)])
         return sums
