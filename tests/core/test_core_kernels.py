@@ -187,11 +187,20 @@ def test_compiled_extrapolation_is_one_loop_into_the_scratch_chunk(name, dtype):
     torch.testing.assert_close(sums, ref_sums, rtol=1e-5, atol=1e-6)
 
 
-def test_small_chunks_extrapolated_together_equal_one_call_each():
+@pytest.mark.parametrize("last", [(64,), (40, 60)], ids=["eager", "compiled"])
+def test_small_chunks_extrapolated_together_equal_one_call_each(monkeypatch, last):
     """The batch of small chunks (one concatenated call, per-element thresholds, copied back, a
-    non-contiguous tensor among them) gives each tensor what its own call gives, and the summed sums."""
+    non-contiguous tensor among them) gives each tensor what its own call gives, and the summed sums;
+    below ``MIN_BATCH_NUMEL`` elements in all the batch runs eagerly, from there on it is compiled."""
+    monkeypatch.setenv(K.KERNELS_ENV, "auto")
+    compiled = last == (40, 60)
+    if compiled and not K._compiler_available(torch.device("cpu")):
+        pytest.skip("no C++ compiler for inductor on this machine")
+    kernel = K.Kernel(K._extrapolate, K.MIN_BATCH_NUMEL)  # a fresh one: was it compiled by this call?
+    monkeypatch.setattr(K, "extrapolate_batch", kernel)
     g = torch.Generator().manual_seed(0)
-    shapes = [(7,), (3, 5), (5, 3), (64,)]
+    shapes = [(7,), (3, 5), (5, 3), last]
+    assert (sum(math.prod(s) for s in shapes) >= K.MIN_BATCH_NUMEL) == compiled
     x0s = [torch.randn(s, generator=g) for s in shapes]
     x1s = [x * torch.empty(s).uniform_(-0.5, 1.5, generator=g) for x, s in zip(x0s, shapes)]
     ps = [torch.randn(s, generator=g) for s in shapes]
@@ -215,3 +224,33 @@ def test_small_chunks_extrapolated_together_equal_one_call_each():
         torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(sums, torch.stack(ref_sums).sum(0), rtol=1e-6, atol=1e-7)
     assert sums[0].item() == sum(int((x.abs() > t).sum()) for x, t in zip(x0s, thrs)) < sum(x.numel() for x in x0s)
+    assert (kernel._compiled is not None) == compiled
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [3 * K.ROW, 70 * K.ROW + 13], ids=["rows", "rows+tail"])
+def test_compiled_reductions_sum_rows_without_the_cascade_helper(n):
+    """The reduction-only kernels (post-step norm, relative threshold, corrective dots) compile to row sums:
+    no ``cascade_sum_combine`` in inductor's C++ (it held a compiled sum of squares to about half the
+    speed of a plain read), the tail beyond the last full row counted once, float64 references met."""
+    if not K._compiler_available(torch.device("cpu")):
+        pytest.skip("no C++ compiler for inductor on this machine")
+    from torch._inductor.utils import run_and_get_code
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, generator=g), torch.randn(n, generator=g)
+    x[5], x[-1] = float("inf"), float("nan")  # finite_sumsq counts them as 0
+    xf = torch.where(torch.isfinite(x), x, 0.0).double()
+    cases = {
+        "sumsq": (K._sumsq, (y,), [(y.double() ** 2).sum()]),
+        "finite_sumsq": (K._finite_sumsq, (x,), [(xf ** 2).sum()]),
+        "dots": (K._dots, (xf.float(), y), [(xf * y.double()).sum(), (xf ** 2).sum(), (y.double() ** 2).sum()]),
+    }
+    for name, (fn, args, ref) in cases.items():
+        torch._dynamo.reset()
+        compiled = torch.compile(fn, dynamic=True, fullgraph=True, options=K.compile_options())
+        got, codes = run_and_get_code(lambda: compiled(*args))
+        code = "\n".join(codes)
+        assert "cascade_sum_combine" not in code, (name, code)
+        torch.testing.assert_close(got, torch.stack(ref).reshape(got.shape), rtol=1e-6, atol=1e-6 * n**0.5)  # dot ~ 0
+        torch.testing.assert_close(got, fn(*args), rtol=1e-6, atol=1e-6 * n**0.5)  # eager: ATen's sum

@@ -705,7 +705,7 @@ class GXPORule(_GatedRule):
                     sampled[2].append(ti.expand(s0.numel()))
                     seen += gc.numel()
                     if K.extrapolate.compiled_for(gc):  # one fused loop into the scratch chunk, then into theta
-                        sums, out = self._fused_extrapolate(gc, x0c, pc, moved(ac), ti, prm, flags)
+                        sums, out = self._fused_extrapolate(K.extrapolate, gc, x0c, pc, moved(ac), ti, prm, flags)
                         stats.append(sums)
                         pc.copy_(out)
                         continue
@@ -737,11 +737,11 @@ class GXPORule(_GatedRule):
             out.update(self._metric(retention_ratio_median=median))
         return out
 
-    def _fused_extrapolate(self, x1, x0, p, a, thr, prm, flags) -> tuple[torch.Tensor, torch.Tensor]:
+    def _fused_extrapolate(self, kernel, x1, x0, p, a, thr, prm, flags) -> tuple[torch.Tensor, torch.Tensor]:
         """One extrapolation call: ``(sums, new chunk)``. Compiled, the new chunk is the scratch chunk (a
         store into ``p``, which the sums read, would cost a second loop); eagerly it is ``p`` itself."""
-        out = self._scratch(p) if K.extrapolate.compiled_for(x1) else p
-        return K.extrapolate(x1, x0, p, a, thr, prm, out, **flags), out
+        out = self._scratch(p) if kernel.compiled_for(x1) else p
+        return kernel(x1, x0, p, a, thr, prm, out, **flags), out
 
     def _extrapolate_small(self, items, prm, flags) -> torch.Tensor:
         """One kernel call for many small chunks ``(x1, x0, theta, theta0, threshold)`` (biases, norms, LoRA
@@ -749,7 +749,7 @@ class GXPORule(_GatedRule):
         a few dozen eager ops per tensor. Returns the five sums."""
         x1, x0, p, a = (torch.cat([it[k].reshape(-1) for it in items]) for k in range(4))
         thr = torch.cat([it[4].expand(it[0].numel()) for it in items])
-        sums, out = self._fused_extrapolate(x1, x0, p, a, thr, prm, flags)
+        sums, out = self._fused_extrapolate(K.extrapolate_batch, x1, x0, p, a, thr, prm, flags)
         dst = [it[2] for it in items]
         torch._foreach_copy_(dst, [o.view_as(d) for o, d in zip(out.split([d.numel() for d in dst]), dst)])
         return sums
