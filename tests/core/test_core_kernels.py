@@ -68,6 +68,13 @@ def test_sync_counter_sees_the_syncs_it_counts():
         t[t > 2].sum().item()
         t.tolist()
     assert c.count == 3 and c.ops[-1] == "tolist", c.ops
+    reps = torch.tensor([1, 2, 3])
+    with SyncCounter() as c:
+        t[:3].repeat_interleave(reps, output_size=6)  # the output size given: no sync
+    assert c.count == 0, c.ops
+    with SyncCounter() as c:
+        t[:3].repeat_interleave(reps)
+    assert c.count >= 1 and "repeat_interleave" in c.ops, c.ops
 
 
 def test_median_sample_is_the_first_active_samples_in_order():
@@ -187,8 +194,9 @@ def test_compiled_extrapolation_is_one_loop_into_the_scratch_chunk(name, dtype):
     torch.testing.assert_close(sums, ref_sums, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["threshold_per_tensor", "one_threshold"])
 @pytest.mark.parametrize("last", [(64,), (40, 60)], ids=["eager", "compiled"])
-def test_small_chunks_extrapolated_together_equal_one_call_each(monkeypatch, last):
+def test_small_chunks_extrapolated_together_equal_one_call_each(monkeypatch, last, shared):
     """The batch of small chunks (one concatenated call, per-element thresholds, copied back, a
     non-contiguous tensor among them) gives each tensor what its own call gives, and the summed sums;
     below ``MIN_BATCH_NUMEL`` elements in all the batch runs eagerly, from there on it is compiled."""
@@ -206,7 +214,7 @@ def test_small_chunks_extrapolated_together_equal_one_call_each(monkeypatch, las
     ps = [torch.randn(s, generator=g) for s in shapes]
     ps[2] = torch.randn(3, 5, generator=g).t()  # non-contiguous parameter
     a_s = [torch.randn(s, generator=g) for s in shapes]
-    thrs = torch.tensor([1e-8, 0.3, 0.0, 0.5])
+    thrs = torch.tensor([0.3, 0.3, 0.3, 0.3] if shared else [1e-8, 0.3, 0.0, 0.5])
     prm = torch.tensor([1.0, 1e-8, 0.0, 0.0, 1.0, 1e-8, 1.0, 3.5, 0.5])
     flags = dict(K=5, floored=False, nonneg=True, guard_one=False, clamp_lo=False, clamp_hi=False, moves_one=False,
                  finite_guard=False)
@@ -219,9 +227,20 @@ def test_small_chunks_extrapolated_together_equal_one_call_each(monkeypatch, las
     got_p = [p.clone() for p in ps]
     got_p[2] = torch.randn(3, 5).t()
     got_p[2].copy_(ps[2])
-    sums = rule._extrapolate_small(list(zip(x1s, x0s, got_p, a_s, thrs)), prm, flags)
+    starts = [100]  # where each chunk starts among all coordinates
+    for s in shapes[:-1]:
+        starts.append(starts[-1] + math.prod(s))
+    sampled = ([], [], [], [])
+    stride = 4
+    items = [(x1, x0, p, a, k, off) for k, (x1, x0, p, a, off) in enumerate(zip(x1s, x0s, got_p, a_s, starts))]
+    sums = rule._extrapolate_small(items, thrs[0] if shared else thrs, prm, flags, stride, sampled)
     for got, ref in zip(got_p, ref_p):
         torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-7)
+    # the median's samples: every coordinate whose global position is a multiple of the stride
+    want = [(start + j, float(x1.reshape(-1)[j]), float(thr)) for x1, start, thr in zip(x1s, starts, thrs)
+            for j in range(x1.numel()) if (start + j) % stride == 0]
+    got = list(zip(torch.cat(sampled[3]).tolist(), torch.cat(sampled[0]).tolist(), torch.cat(sampled[2]).tolist()))
+    assert got == want
     torch.testing.assert_close(sums, torch.stack(ref_sums).sum(0), rtol=1e-6, atol=1e-7)
     assert sums[0].item() == sum(int((x.abs() > t).sum()) for x, t in zip(x0s, thrs)) < sum(x.numel() for x in x0s)
     assert (kernel._compiled is not None) == compiled

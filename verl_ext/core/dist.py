@@ -33,6 +33,9 @@ def chunks(t: torch.Tensor, size: int) -> Iterable[torch.Tensor]:
     """Flat chunks of ``t`` that alias its storage (the whole tensor if it is not contiguous)."""
     if t.is_contiguous():
         flat = t.view(-1)
+        if flat.numel() <= size:  # one chunk: no slice (one op less per tensor)
+            yield flat
+            return
         for start in range(0, flat.numel(), size):
             yield flat[start : start + size]
     else:  # rare (FSDP shards are contiguous); process whole, still in place

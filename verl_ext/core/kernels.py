@@ -56,7 +56,12 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def kernel_mode() -> str:
-    mode = os.environ.get(KERNELS_ENV, "auto").strip().lower() or "auto"
+    return _mode_of(os.environ.get(KERNELS_ENV, "auto"))
+
+
+@functools.lru_cache(maxsize=16)
+def _mode_of(value: str) -> str:  # cached: asked once per chunk
+    mode = value.strip().lower() or "auto"
     if mode not in KERNEL_MODES:
         raise ValueError(f"{KERNELS_ENV}={mode!r}: allowed {' | '.join(KERNEL_MODES)}")
     return mode
@@ -293,14 +298,20 @@ extrapolate = Kernel(_extrapolate)
 extrapolate_batch = Kernel(_extrapolate, MIN_BATCH_NUMEL)  # small chunks concatenated (per-element threshold)
 reposition_ = Kernel(_reposition)
 dots = Kernel(_dots)
+dots_batch = Kernel(_dots, MIN_BATCH_NUMEL)
 sumsq = Kernel(_sumsq)
+sumsq_batch = Kernel(_sumsq, MIN_BATCH_NUMEL)
 finite_sumsq = Kernel(_finite_sumsq)
 adam_directions_ = Kernel(_adam_directions)
 
 
 def device_vector(values, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A small vector of host numbers on ``device`` without a blocking copy (pinned, non-blocking on CUDA)."""
-    t = torch.tensor([float(v) for v in values], dtype=dtype)
+    return to_device(torch.tensor([float(v) for v in values], dtype=dtype), device)
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device`` without a blocking copy (pinned, non-blocking on CUDA)."""
     if device.type == "cuda":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)

@@ -40,6 +40,7 @@ import math
 import warnings
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from .config import ConfigError, GXPOConfig, SFPOConfig, UPDATE_RULES, build_config
@@ -82,6 +83,38 @@ def _sq(t: torch.Tensor) -> torch.Tensor:
     """Squared 2-norm accumulated as float64 (the chunk itself is reduced in its own dtype)."""
     return torch.linalg.vector_norm(t, 2).to(torch.float64) ** 2
 
+
+
+def _flat(ts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One flat, contiguous copy of ``ts`` in order (one call however many tensors)."""
+    return torch._utils._flatten_dense_tensors(list(ts))
+
+
+def _chunk_sums(kernel: K.Kernel, batch_kernel: K.Kernel, n: int, rows, dev, move=None) -> torch.Tensor:
+    """The summed ``n`` sums of a reduction kernel over every chunk of ``rows`` (tuples of same-shaped
+    tensors; ``move`` is applied to the chunks of the second and later columns): a chunk the kernel
+    compiles for in a call of its own, the others concatenated into batches of at most one chunk,
+    one call per batch instead of a few eager ops per tensor."""
+    parts, small, small_n = [], [], 0
+
+    def flush():
+        parts.append(batch_kernel(*(_flat(col) for col in zip(*small))))
+
+    for row in rows:
+        for cs in zip(*(chunks(t, CHUNK_NUMEL) for t in row)):
+            if move is not None:
+                cs = (cs[0], *(move(c) for c in cs[1:]))
+            if kernel.compiled_for(cs[0]):
+                parts.append(kernel(*cs))
+                continue
+            if small and ([c.dtype for c in cs] != [c.dtype for c in small[0]] or small_n + cs[0].numel() > CHUNK_NUMEL):
+                flush()
+                small, small_n = [], 0
+            small.append(cs)
+            small_n += cs[0].numel()
+    if small:
+        flush()
+    return K.sum_stacked(parts, n, dev)
 
 class UpdateRule:
     """Shared bookkeeping: parameters, counters, budget metrics, decisions, persistence."""
@@ -497,15 +530,17 @@ class GXPORule(_GatedRule):
         return out
 
     def _snapshot_grad(self, params, g0, scale: float, nb: bool) -> None:
+        """g0 <- the probe-1 gradient, unscaled (zero where no gradient reached a parameter)."""
+        grads = [local(p.grad) for p in params]
         with torch.no_grad():
-            for b, p in zip(g0, params):
-                g = local(p.grad)
-                if g is None:
-                    b.zero_()
-                else:
-                    b.copy_(g, non_blocking=nb)
-                    if scale != 1.0:
-                        b.div_(scale)
+            missing = [b for b, g in zip(g0, grads) if g is None]
+            if missing:
+                torch._foreach_zero_(missing)
+            dst = [b for b, g in zip(g0, grads) if g is not None]
+            if dst:
+                torch._foreach_copy_(dst, [g for g in grads if g is not None], non_blocking=nb)
+                if scale != 1.0:
+                    torch._foreach_div_(dst, scale)
 
     def _active_step(self, compute_grads, optimizer_step, hooks):
         """Probe, probe, extrapolate, correct (docs/algorithm.md#active-update)."""
@@ -536,8 +571,7 @@ class GXPORule(_GatedRule):
         u.diag_now = c.diagnose_every > 0 and self.n_updates % c.diagnose_every == 0
         self.state_policy.begin(hooks, need_snapshot=u.diag_now)
         with torch.no_grad():
-            for a, p in zip(u.theta0, locs):
-                a.copy_(p, non_blocking=u.nb)
+            torch._foreach_copy_(u.theta0, locs, non_blocking=u.nb)
         return u
 
     def _probe(self, u: _Probe, compute_grads, optimizer_step, hooks, first: bool) -> Optional[dict]:
@@ -561,15 +595,10 @@ class GXPORule(_GatedRule):
         c = self.config
         aux2 = self._grads(compute_grads, "corrective")
         scale2 = float(aux2.get("grad_scale", 1.0))
-        parts = []
+        rows = [(local(p.grad), b) for p, b in zip(u.params, u.g0) if p.grad is not None]
         with torch.no_grad():
-            for p, b in zip(u.params, u.g0):
-                g = local(p.grad)
-                if g is None:
-                    continue
-                for gc, bc in zip(chunks(g, CHUNK_NUMEL), chunks(b, CHUNK_NUMEL)):
-                    parts.append(K.dots(gc, bc.to(u.dev, non_blocking=True) if u.nb else bc))
-        dots = K.sum_stacked(parts, 3, u.dev)
+            dots = _chunk_sums(K.dots, K.dots_batch, 3, rows, u.dev,
+                               move=(lambda c: c.to(u.dev, non_blocking=True)) if u.nb else None)
         self.comm.all_reduce_sum(dots)
         g0_dot_gcorr, gcorr_sq, g0_sq = dots.tolist()
         keep_theta0 = self.failure.restore_after_failed_corrective
@@ -628,7 +657,8 @@ class GXPORule(_GatedRule):
         present = [g for g in grads1 if g is not None]
         if not present:
             raise RuntimeError("optimizer_step() must leave the clipped gradient it stepped with in .grad (it was cleared)")
-        post_sq = torch.stack([K.sumsq(c) for g in present for c in chunks(g, CHUNK_NUMEL)]).sum()
+        with torch.no_grad():
+            post_sq = _chunk_sums(K.sumsq, K.sumsq_batch, 1, [(g,) for g in present], u.dev)
         self.comm.all_reduce_sum(post_sq)
         post_norm = math.sqrt(post_sq.item())
         if u.n1 > 0 and post_norm == 0.0:
@@ -670,6 +700,7 @@ class GXPORule(_GatedRule):
             math.inf if c.scale_headroom is None else c.K / 2.0 + c.scale_headroom, c.alpha,
         ], prm_dtype, dev)
         thr = self._thresholds(pairs, x0_unit, dev, prm_dtype)
+        thr_small = thr[0] if c.active_mode == "absolute" and len(thr) else thr  # one for all, or one per tensor
         flags = dict(
             K=c.K, floored=c.ratio_denominator == "floored", nonneg=c.ratio_min >= 0 and c.ratio_max <= 1,
             guard_one=c.scale_guard == "one", clamp_lo=c.scale_min is not None, clamp_hi=c.scale_headroom is not None,
@@ -681,7 +712,8 @@ class GXPORule(_GatedRule):
         stride = max(1, sum(p.numel() for p in u.locs) // MEDIAN_SAMPLES)
         stats, seen = [], 0
         small, small_key, small_n = [], None, 0  # chunks below the compile threshold, extrapolated together
-        sampled: tuple[list, list, list] = ([], [], [])  # x1, x0 and threshold at the median's sample positions
+        # x1, x0, threshold and global position at the median's sample positions (every stride-th coordinate)
+        sampled: tuple[list, list, list, list] = ([], [], [], [])
         no_ratio = torch.zeros(3, dtype=torch.float64, device=dev)
 
         def moved(t):
@@ -694,29 +726,30 @@ class GXPORule(_GatedRule):
                     for pc, ac in zip(chunks(p, CHUNK_NUMEL), chunks(a, CHUNK_NUMEL)):
                         stats.append(torch.cat([no_ratio, K.reposition_(pc, moved(ac), None, prm)]))
                     continue
-                ti = thr[i]
                 for gc, bc, pc, ac in zip(chunks(x1, CHUNK_NUMEL), chunks(x0, CHUNK_NUMEL), chunks(p, CHUNK_NUMEL),
                                           chunks(a, CHUNK_NUMEL)):
-                    x0c = moved(bc)
-                    idx = slice((-seen) % stride, None, stride)  # fixed positions: the median's sample
-                    s0 = x0c.reshape(-1)[idx].to(prm_dtype)
-                    sampled[0].append(gc.reshape(-1)[idx].to(prm_dtype))
-                    sampled[1].append(s0.clone() if u.nb else s0)  # a moved chunk is gone after this iteration
-                    sampled[2].append(ti.expand(s0.numel()))
-                    seen += gc.numel()
+                    x0c, n = moved(bc), gc.numel()
                     if K.extrapolate.compiled_for(gc):  # one fused loop into the scratch chunk, then into theta
-                        sums, out = self._fused_extrapolate(K.extrapolate, gc, x0c, pc, moved(ac), ti, prm, flags)
+                        k0 = (-seen) % stride
+                        idx = slice(k0, None, stride)
+                        s0 = x0c.reshape(-1)[idx].to(prm_dtype)
+                        sampled[0].append(gc.reshape(-1)[idx].to(prm_dtype))
+                        sampled[1].append(s0.clone() if u.nb else s0)  # a moved chunk is gone after this iteration
+                        sampled[2].append(thr[i].expand(s0.numel()))
+                        sampled[3].append(torch.arange(seen + k0, seen + n, stride, device=dev))
+                        sums, out = self._fused_extrapolate(K.extrapolate, gc, x0c, pc, moved(ac), thr[i], prm, flags)
                         stats.append(sums)
                         pc.copy_(out)
-                        continue
-                    key = (gc.dtype, x0c.dtype, pc.dtype, ac.dtype)  # too small to compile alone: batched
-                    if small and (key != small_key or small_n + gc.numel() > CHUNK_NUMEL):
-                        stats.append(self._extrapolate_small(small, prm, flags))
-                        small, small_n = [], 0
-                    small.append((gc, x0c, pc, moved(ac), ti))
-                    small_key, small_n = key, small_n + gc.numel()
+                    else:  # too small to compile alone: batched
+                        key = (gc.dtype, x0c.dtype, pc.dtype, ac.dtype)
+                        if small and (key != small_key or small_n + n > CHUNK_NUMEL):
+                            stats.append(self._extrapolate_small(small, thr_small, prm, flags, stride, sampled))
+                            small, small_n = [], 0
+                        small.append((gc, x0c, pc, moved(ac), i, seen))
+                        small_key, small_n = key, small_n + n
+                    seen += n
             if small:
-                stats.append(self._extrapolate_small(small, prm, flags))
+                stats.append(self._extrapolate_small(small, thr_small, prm, flags, stride, sampled))
             median = self._median(self._sampled_ratios(sampled, prm, flags["floored"], dev), dev)
             vec = K.sum_stacked(stats, 5, dev)
             vec = torch.cat([vec, torch.full((1,), float(numel), dtype=torch.float64, device=dev)])
@@ -743,25 +776,44 @@ class GXPORule(_GatedRule):
         out = self._scratch(p) if kernel.compiled_for(x1) else p
         return kernel(x1, x0, p, a, thr, prm, out, **flags), out
 
-    def _extrapolate_small(self, items, prm, flags) -> torch.Tensor:
-        """One kernel call for many small chunks ``(x1, x0, theta, theta0, threshold)`` (biases, norms, LoRA
-        factors): concatenated, extrapolated with a per-element threshold, and copied back, instead of
-        a few dozen eager ops per tensor. Returns the five sums."""
-        x1, x0, p, a = (torch.cat([it[k].reshape(-1) for it in items]) for k in range(4))
-        thr = torch.cat([it[4].expand(it[0].numel()) for it in items])
+    def _extrapolate_small(self, items, thr, prm, flags, stride: int, sampled) -> torch.Tensor:
+        """One kernel call for many small chunks ``(x1, x0, theta, theta0, tensor index, global offset)``
+        (biases, norms, LoRA factors): flattened together, extrapolated with a per-element threshold
+        (``thr`` holds one per tensor; a 0-d ``thr`` is everyone's) and copied back, a handful of calls
+        however many chunks. Adds the median's samples at the chunks' fixed positions to ``sampled``;
+        returns the five sums."""
+        x1, x0, p, a = (_flat([it[k] for it in items]) for k in range(4))
+        dev = x1.device
+        n = np.array([it[0].numel() for it in items], dtype=np.int64)
+        if thr.dim():
+            which = K.to_device(torch.tensor([it[4] for it in items], dtype=torch.int64), dev)
+            thr = thr[which].repeat_interleave(K.to_device(torch.from_numpy(n), dev), output_size=x1.numel())
+        # the median's samples: every coordinate whose global position (offset + j) is a multiple of stride
+        offset = np.array([it[5] for it in items], dtype=np.int64)
+        first = (-offset) % stride
+        count = np.maximum(0, -((first - n) // stride))  # ceil((n - first) / stride), none past the end
+        if count.sum():
+            item = np.repeat(np.arange(len(items)), count)
+            step = stride * (np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count))
+            at = K.to_device(torch.from_numpy((np.cumsum(n) - n + first)[item] + step), dev)
+            pos = K.to_device(torch.from_numpy((offset + first)[item] + step), dev)
+            for dst, src in zip(sampled, (x1[at].to(prm.dtype), x0[at].to(prm.dtype),
+                                          thr[at] if thr.dim() else thr.expand(at.numel()), pos)):
+                dst.append(src)
         sums, out = self._fused_extrapolate(K.extrapolate_batch, x1, x0, p, a, thr, prm, flags)
         dst = [it[2] for it in items]
-        torch._foreach_copy_(dst, [o.view_as(d) for o, d in zip(out.split([d.numel() for d in dst]), dst)])
+        torch._foreach_copy_(dst, torch._utils._unflatten_dense_tensors(out, dst))
         return sums
 
     @staticmethod
     def _sampled_ratios(sampled, prm, floored: bool, dev) -> torch.Tensor:
-        """The clamped ratios at the sample positions (NaN off A), in one call for all chunks."""
+        """The clamped ratios at the sample positions (NaN off A), in one call for all chunks, in the
+        order of the coordinates (batched chunks add theirs out of order)."""
         if not sampled[0]:
             return torch.empty(0, device=dev)
-        x1, x0, thr = (torch.cat(v) for v in sampled)
+        x1, x0, thr, pos = (torch.cat(v) for v in sampled)
         r, act = K.ratio(x1, x0, thr, prm, floored)
-        return torch.where(act, r, math.nan).to(torch.float32)
+        return torch.where(act, r, math.nan).to(torch.float32)[torch.argsort(pos)]
 
     def _median(self, local_s: torch.Tensor, dev) -> torch.Tensor:
         """Median of the first ``MEDIAN_SAMPLES`` sampled active ratios of every rank, as a 0-d device tensor

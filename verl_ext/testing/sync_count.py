@@ -2,7 +2,7 @@
 
 On a GPU a scalar read (``.item()``, ``float(t)``, ``bool(t)``), a copy to the host (``.tolist()``,
 ``.cpu()``, ``.numpy()``) or an op whose output shape depends on the data (boolean-mask indexing,
-``nonzero``) stalls the host until the stream has drained. On CPU nothing stalls, so
+``nonzero``, ``repeat_interleave`` without ``output_size``) stalls the host until the stream has drained. On CPU nothing stalls, so
 :class:`SyncCounter` counts the CALLS that would: dispatched ops by name, and the host-copy methods
 (which a CPU tensor answers without dispatch) by patching them while the counter is active.
 
@@ -38,7 +38,9 @@ class SyncCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
-        if name in _SYNC_OPS or (name == "index" and any(
+        if name == "repeat_interleave" and (kwargs or {}).get("output_size") is not None:
+            pass  # its output size given: no sync (torch.repeat_interleave's documented contract)
+        elif name in _SYNC_OPS or (name == "index" and any(
                 isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else ()))):
             self._hit(name)
         return func(*args, **(kwargs or {}))
