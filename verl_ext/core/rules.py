@@ -537,8 +537,12 @@ class GXPORule(_GatedRule):
             if missing:
                 torch._foreach_zero_(missing)
             dst = [b for b, g in zip(g0, grads) if g is not None]
-            if dst:
-                torch._foreach_copy_(dst, [g for g in grads if g is not None], non_blocking=nb)
+            src = [g for g in grads if g is not None]
+            if nb and scale != 1.0:  # divide on the device: a host-side divide would race the copy in flight
+                for b, g in zip(dst, src):
+                    b.copy_(g / scale, non_blocking=True)
+            elif dst:
+                torch._foreach_copy_(dst, src, non_blocking=nb)
                 if scale != 1.0:
                     torch._foreach_div_(dst, scale)
 

@@ -8,10 +8,13 @@ On a GPU a scalar read (``.item()``, ``float(t)``, ``bool(t)``), a copy to the h
 
     with SyncCounter() as c:
         rule.step(c.closure(compute_grads), c.closure(optimizer_step))   # closures are not counted
-    c.count, c.ops
+    c.count, c.ops           # the syncs
+    c.dispatched             # every op dispatched outside the closures, by name (views included)
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -27,6 +30,7 @@ class SyncCounter(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.count = 0
+        self.dispatched: Counter[str] = Counter()  # every op dispatched outside the closures, by name
         self.paused = 0
         self.ops: list[str] = []
         self._orig = {}
@@ -38,6 +42,8 @@ class SyncCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
+        if not self.paused:
+            self.dispatched[name] += 1
         if name == "repeat_interleave" and (kwargs or {}).get("output_size") is not None:
             pass  # its output size given: no sync (torch.repeat_interleave's documented contract)
         elif name in _SYNC_OPS or (name == "index" and any(
