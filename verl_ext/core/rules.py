@@ -84,7 +84,6 @@ def _sq(t: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(t, 2).to(torch.float64) ** 2
 
 
-
 def _flat(ts: Sequence[torch.Tensor]) -> torch.Tensor:
     """One flat, contiguous copy of ``ts`` in order (one call however many tensors)."""
     return torch._utils._flatten_dense_tensors(list(ts))
@@ -107,7 +106,8 @@ def _chunk_sums(kernel: K.Kernel, batch_kernel: K.Kernel, n: int, rows, dev, mov
             if kernel.compiled_for(cs[0]):
                 parts.append(kernel(*cs))
                 continue
-            if small and ([c.dtype for c in cs] != [c.dtype for c in small[0]] or small_n + cs[0].numel() > CHUNK_NUMEL):
+            key = [c.dtype for c in cs]
+            if small and (key != [c.dtype for c in small[0]] or small_n + cs[0].numel() > CHUNK_NUMEL):
                 flush()
                 small, small_n = [], 0
             small.append(cs)
@@ -115,6 +115,7 @@ def _chunk_sums(kernel: K.Kernel, batch_kernel: K.Kernel, n: int, rows, dev, mov
     if small:
         flush()
     return K.sum_stacked(parts, n, dev)
+
 
 class UpdateRule:
     """Shared bookkeeping: parameters, counters, budget metrics, decisions, persistence."""

@@ -2,9 +2,10 @@
 
 On a GPU a scalar read (``.item()``, ``float(t)``, ``bool(t)``), a copy to the host (``.tolist()``,
 ``.cpu()``, ``.numpy()``) or an op whose output shape depends on the data (boolean-mask indexing,
-``nonzero``, ``repeat_interleave`` without ``output_size``) stalls the host until the stream has drained. On CPU nothing stalls, so
-:class:`SyncCounter` counts the CALLS that would: dispatched ops by name, and the host-copy methods
-(which a CPU tensor answers without dispatch) by patching them while the counter is active.
+``nonzero``, ``repeat_interleave`` without ``output_size``) stalls the host until the stream has
+drained. On CPU nothing stalls, so :class:`SyncCounter` counts the CALLS that would: dispatched
+ops by name, and the host-copy methods (which a CPU tensor answers without dispatch) by patching
+them while the counter is active.
 
     with SyncCounter() as c:
         rule.step(c.closure(compute_grads), c.closure(optimizer_step))   # closures are not counted
