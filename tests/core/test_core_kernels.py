@@ -217,20 +217,20 @@ def test_compiled_extrapolation_is_one_loop_into_the_scratch_chunk(name, dtype):
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["threshold_per_tensor", "one_threshold"])
-@pytest.mark.parametrize("last", [(64,), (40, 60)], ids=["eager", "compiled"])
+@pytest.mark.parametrize("last", [(64,), (512, 512)], ids=["eager", "compiled"])
 def test_small_chunks_extrapolated_together_equal_one_call_each(monkeypatch, last, shared):
     """The batch of small chunks (one concatenated call, per-element thresholds, copied back, a
     non-contiguous tensor among them) gives each tensor what its own call gives, and the summed sums;
-    below ``MIN_BATCH_NUMEL`` elements in all the batch runs eagerly, from there on it is compiled."""
+    below ``MIN_COMPILED_NUMEL`` elements in all the batch runs eagerly, from there on it is compiled."""
     monkeypatch.setenv(K.KERNELS_ENV, "auto")
-    compiled = last == (40, 60)
+    compiled = last == (512, 512)
     if compiled and not K._compiler_available(torch.device("cpu")):
         pytest.skip("no C++ compiler for inductor on this machine")
-    kernel = K.Kernel(K._extrapolate, K.MIN_BATCH_NUMEL)  # a fresh one: was it compiled by this call?
-    monkeypatch.setattr(K, "extrapolate_batch", kernel)
+    kernel = K.Kernel(K._extrapolate)  # a fresh one: was it compiled by this call?
+    monkeypatch.setattr(K, "extrapolate", kernel)
     g = torch.Generator().manual_seed(0)
     shapes = [(7,), (3, 5), (5, 3), last]
-    assert (sum(math.prod(s) for s in shapes) >= K.MIN_BATCH_NUMEL) == compiled
+    assert (sum(math.prod(s) for s in shapes) >= K.MIN_COMPILED_NUMEL) == compiled
     x0s = [torch.randn(s, generator=g) for s in shapes]
     x1s = [x * torch.empty(s).uniform_(-0.5, 1.5, generator=g) for x, s in zip(x0s, shapes)]
     ps = [torch.randn(s, generator=g) for s in shapes]

@@ -37,8 +37,9 @@ import torch
 
 KERNELS_ENV = "GXPO_KERNELS"
 KERNEL_MODES = ("auto", "compile", "eager")
-MIN_COMPILED_NUMEL = 1 << 18  # smaller chunks run eager (a compiled call costs more than it saves there)
-MIN_BATCH_NUMEL = 1 << 11  # a batch of small chunks compiles from here (~30 eager ops cost ~110 us, one call ~50)
+# smaller chunks (and batches of them) run eager: there a compiled call saves ~0.1 ms, and each process
+# pays the first call's compile (seconds, even from inductor's cache)
+MIN_COMPILED_NUMEL = 1 << 18
 ROW = 4096  # compiled reductions sum rows of this length, then the rows (:func:`_total`)
 
 # indices into the per-update parameter vector ``prm`` (compute dtype, on the parameters' device);
@@ -262,10 +263,9 @@ class Kernel:
 
     _disabled: dict[str, str] = {}  # device type -> reason a compile failed (auto mode falls back for good)
 
-    def __init__(self, fn, min_numel: int = MIN_COMPILED_NUMEL):
+    def __init__(self, fn):
         self.fn = fn
         self.name = fn.__name__.lstrip("_")
-        self.min_numel = min_numel
         self._compiled = None
 
     def compiled_for(self, t: torch.Tensor) -> bool:
@@ -274,7 +274,7 @@ class Kernel:
             return False
         if mode == "compile":
             return True
-        return (t.numel() >= self.min_numel and t.device.type not in self._disabled
+        return (t.numel() >= MIN_COMPILED_NUMEL and t.device.type not in self._disabled
                 and _compiler_available(t.device))
 
     def __call__(self, *args, **static):
@@ -295,12 +295,9 @@ class Kernel:
 
 
 extrapolate = Kernel(_extrapolate)
-extrapolate_batch = Kernel(_extrapolate, MIN_BATCH_NUMEL)  # small chunks concatenated (per-element threshold)
 reposition_ = Kernel(_reposition)
 dots = Kernel(_dots)
-dots_batch = Kernel(_dots, MIN_BATCH_NUMEL)
 sumsq = Kernel(_sumsq)
-sumsq_batch = Kernel(_sumsq, MIN_BATCH_NUMEL)
 finite_sumsq = Kernel(_finite_sumsq)
 adam_directions_ = Kernel(_adam_directions)
 

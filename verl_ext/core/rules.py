@@ -89,7 +89,7 @@ def _flat(ts: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch._utils._flatten_dense_tensors(list(ts))
 
 
-def _chunk_sums(kernel: K.Kernel, batch_kernel: K.Kernel, n: int, rows, dev, move=None) -> torch.Tensor:
+def _chunk_sums(kernel: K.Kernel, n: int, rows, dev, move=None) -> torch.Tensor:
     """The summed ``n`` sums of a reduction kernel over every chunk of ``rows`` (tuples of same-shaped
     tensors; ``move`` is applied to the chunks of the second and later columns): a chunk the kernel
     compiles for in a call of its own, the others concatenated into batches of at most one chunk,
@@ -97,7 +97,7 @@ def _chunk_sums(kernel: K.Kernel, batch_kernel: K.Kernel, n: int, rows, dev, mov
     parts, small, small_n = [], [], 0
 
     def flush():
-        parts.append(batch_kernel(*(_flat(col) for col in zip(*small))))
+        parts.append(kernel(*(_flat(col) for col in zip(*small))))
 
     for row in rows:
         for cs in zip(*(chunks(t, CHUNK_NUMEL) for t in row)):
@@ -602,7 +602,7 @@ class GXPORule(_GatedRule):
         scale2 = float(aux2.get("grad_scale", 1.0))
         rows = [(local(p.grad), b) for p, b in zip(u.params, u.g0) if p.grad is not None]
         with torch.no_grad():
-            dots = _chunk_sums(K.dots, K.dots_batch, 3, rows, u.dev,
+            dots = _chunk_sums(K.dots, 3, rows, u.dev,
                                move=(lambda c: c.to(u.dev, non_blocking=True)) if u.nb else None)
         self.comm.all_reduce_sum(dots)
         g0_dot_gcorr, gcorr_sq, g0_sq = dots.tolist()
@@ -663,7 +663,7 @@ class GXPORule(_GatedRule):
         if not present:
             raise RuntimeError("optimizer_step() must leave the clipped gradient it stepped with in .grad (it was cleared)")
         with torch.no_grad():
-            post_sq = _chunk_sums(K.sumsq, K.sumsq_batch, 1, [(g,) for g in present], u.dev)
+            post_sq = _chunk_sums(K.sumsq, 1, [(g,) for g in present], u.dev)
         self.comm.all_reduce_sum(post_sq)
         post_norm = math.sqrt(post_sq.item())
         if u.n1 > 0 and post_norm == 0.0:
@@ -805,7 +805,7 @@ class GXPORule(_GatedRule):
             for dst, src in zip(sampled, (x1[at].to(prm.dtype), x0[at].to(prm.dtype),
                                           thr[at] if thr.dim() else thr.expand(at.numel()), pos)):
                 dst.append(src)
-        sums, out = self._fused_extrapolate(K.extrapolate_batch, x1, x0, p, a, thr, prm, flags)
+        sums, out = self._fused_extrapolate(K.extrapolate, x1, x0, p, a, thr, prm, flags)
         dst = [it[2] for it in items]
         torch._foreach_copy_(dst, torch._utils._unflatten_dense_tensors(out, dst))
         return sums
