@@ -404,7 +404,9 @@ class GXPORule(_GatedRule):
     trainable shard (theta0 and g0), optionally in host memory; the scale s is formed per chunk
     inside the extrapolation kernel (never stored; the kernel's output goes to one scratch chunk
     of at most ``CHUNK_NUMEL`` elements, kept between updates, and is copied into the parameters;
-    tensors too small to compile alone are concatenated into batches of at most one chunk), so g0
+    tensors too small to compile alone go through the post-step norm, the extrapolation and the
+    corrective dots in flattened batches of at most one chunk, and the snapshots are multi-tensor
+    copies, so a tensor more adds view ops only), so g0
     survives to the corrective pass for ``cos_g0_gcorr``. ``ratio_source: adam_direction`` adds one more
     buffer (theta1); ``optimizer_state: transactional`` adds one copy of the optimizer state (held
     by the hooks, see :mod:`.policies`); ``on_failure: standard_step`` keeps theta0 through the
