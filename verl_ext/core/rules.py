@@ -42,6 +42,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from .config import ConfigError, GXPOConfig, SFPOConfig, UPDATE_RULES, build_config
 from .dist import Comm, Sums, chunks, local
@@ -84,36 +85,39 @@ def _sq(t: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(t, 2).to(torch.float64) ** 2
 
 
-def _flat(ts: Sequence[torch.Tensor]) -> torch.Tensor:
-    """One flat, contiguous copy of ``ts`` in order (one call however many tensors)."""
-    return torch._utils._flatten_dense_tensors(list(ts))
+def _route(entries):
+    """Which chunks run alone and which together: ``entries`` are ``(compiled, key, numel, item)`` in
+    order; yields ``("one", item)`` for a chunk the kernel compiles for and ``("batch", items)`` for
+    consecutive small chunks of one ``key`` (their dtypes), at most ``CHUNK_NUMEL`` elements in all
+    (one kernel call on their flattened copies instead of a few eager ops per tensor)."""
+    small, small_key, small_n = [], None, 0
+    for compiled, key, n, item in entries:
+        if compiled:
+            yield "one", item
+            continue
+        if small and (key != small_key or small_n + n > CHUNK_NUMEL):
+            yield "batch", small
+            small, small_n = [], 0
+        small.append(item)
+        small_key, small_n = key, small_n + n
+    if small:
+        yield "batch", small
 
 
 def _chunk_sums(kernel: K.Kernel, n: int, rows, dev, move=None) -> torch.Tensor:
     """The summed ``n`` sums of a reduction kernel over every chunk of ``rows`` (tuples of same-shaped
-    tensors; ``move`` is applied to the chunks of the second and later columns): a chunk the kernel
-    compiles for in a call of its own, the others concatenated into batches of at most one chunk,
-    one call per batch instead of a few eager ops per tensor."""
-    parts, small, small_n = [], [], 0
+    tensors; ``move`` is applied to the chunks of the second and later columns), small chunks in
+    batches (:func:`_route`)."""
 
-    def flush():
-        parts.append(kernel(*(_flat(col) for col in zip(*small))))
+    def entries():
+        for row in rows:
+            for cs in zip(*(chunks(t, CHUNK_NUMEL) for t in row)):
+                if move is not None:
+                    cs = (cs[0], *(move(c) for c in cs[1:]))
+                yield kernel.compiled_for(cs[0]), [c.dtype for c in cs], cs[0].numel(), cs
 
-    for row in rows:
-        for cs in zip(*(chunks(t, CHUNK_NUMEL) for t in row)):
-            if move is not None:
-                cs = (cs[0], *(move(c) for c in cs[1:]))
-            if kernel.compiled_for(cs[0]):
-                parts.append(kernel(*cs))
-                continue
-            key = [c.dtype for c in cs]
-            if small and (key != [c.dtype for c in small[0]] or small_n + cs[0].numel() > CHUNK_NUMEL):
-                flush()
-                small, small_n = [], 0
-            small.append(cs)
-            small_n += cs[0].numel()
-    if small:
-        flush()
+    parts = [kernel(*it) if kind == "one" else kernel(*(_flatten_dense_tensors(col) for col in zip(*it)))
+             for kind, it in _route(entries())]
     return K.sum_stacked(parts, n, dev)
 
 
@@ -718,7 +722,6 @@ class GXPORule(_GatedRule):
         numel = sum(x0.numel() for _, x0 in pairs)
         stride = max(1, sum(p.numel() for p in u.locs) // MEDIAN_SAMPLES)
         stats, seen = [], 0
-        small, small_key, small_n = [], None, 0  # chunks below the compile threshold, extrapolated together
         # x1, x0, threshold and global position at the median's sample positions (every stride-th coordinate)
         sampled: tuple[list, list, list, list] = ([], [], [], [])
         no_ratio = torch.zeros(3, dtype=torch.float64, device=dev)
@@ -726,7 +729,8 @@ class GXPORule(_GatedRule):
         def moved(t):
             return t.to(dev, non_blocking=True) if u.nb else t
 
-        with torch.no_grad():
+        def entries():  # (compiled, dtypes, numel, (x1, x0, theta, theta0, tensor index, global offset)) per chunk
+            nonlocal seen
             for i, (p, (x1, x0), a) in enumerate(zip(u.locs, pairs, u.theta0)):
                 if x1 is None:  # no gradient reached this parameter: inactive, s = 1
                     seen += x0.numel()
@@ -736,27 +740,26 @@ class GXPORule(_GatedRule):
                 for gc, bc, pc, ac in zip(chunks(x1, CHUNK_NUMEL), chunks(x0, CHUNK_NUMEL), chunks(p, CHUNK_NUMEL),
                                           chunks(a, CHUNK_NUMEL)):
                     x0c, n = moved(bc), gc.numel()
-                    if K.extrapolate.compiled_for(gc):  # one fused loop into the scratch chunk, then into theta
-                        k0 = (-seen) % stride
-                        idx = slice(k0, None, stride)
-                        s0 = x0c.reshape(-1)[idx].to(prm_dtype)
-                        sampled[0].append(gc.reshape(-1)[idx].to(prm_dtype))
-                        sampled[1].append(s0.clone() if u.nb else s0)  # a moved chunk is gone after this iteration
-                        sampled[2].append(thr[i].expand(s0.numel()))
-                        sampled[3].append(torch.arange(seen + k0, seen + n, stride, device=dev))
-                        sums, out = self._fused_extrapolate(K.extrapolate, gc, x0c, pc, moved(ac), thr[i], prm, flags)
-                        stats.append(sums)
-                        pc.copy_(out)
-                    else:  # too small to compile alone: batched
-                        key = (gc.dtype, x0c.dtype, pc.dtype, ac.dtype)
-                        if small and (key != small_key or small_n + n > CHUNK_NUMEL):
-                            stats.append(self._extrapolate_small(small, thr_small, prm, flags, stride, sampled))
-                            small, small_n = [], 0
-                        small.append((gc, x0c, pc, moved(ac), i, seen))
-                        small_key, small_n = key, small_n + n
+                    yield (K.extrapolate.compiled_for(gc), (gc.dtype, x0c.dtype, pc.dtype, ac.dtype), n,
+                           (gc, x0c, pc, moved(ac), i, seen))
                     seen += n
-            if small:
-                stats.append(self._extrapolate_small(small, thr_small, prm, flags, stride, sampled))
+
+        with torch.no_grad():
+            for kind, it in _route(entries()):
+                if kind == "batch":  # too small to compile alone
+                    stats.append(self._extrapolate_small(it, thr_small, prm, flags, stride, sampled))
+                    continue
+                gc, x0c, pc, ac, i, start = it  # one fused loop into the scratch chunk, then into theta
+                k0 = (-start) % stride
+                idx = slice(k0, None, stride)
+                s0 = x0c.reshape(-1)[idx].to(prm_dtype)
+                sampled[0].append(gc.reshape(-1)[idx].to(prm_dtype))
+                sampled[1].append(s0.clone() if u.nb else s0)  # a moved chunk is gone after this iteration
+                sampled[2].append(thr[i].expand(s0.numel()))
+                sampled[3].append(torch.arange(start + k0, start + gc.numel(), stride, device=dev))
+                sums, out = self._fused_extrapolate(gc, x0c, pc, ac, thr[i], prm, flags)
+                stats.append(sums)
+                pc.copy_(out)
             median = self._median(self._sampled_ratios(sampled, prm, flags["floored"], dev), dev)
             vec = K.sum_stacked(stats, 5, dev)
             vec = torch.cat([vec, torch.full((1,), float(numel), dtype=torch.float64, device=dev)])
@@ -777,11 +780,11 @@ class GXPORule(_GatedRule):
             out.update(self._metric(retention_ratio_median=median))
         return out
 
-    def _fused_extrapolate(self, kernel, x1, x0, p, a, thr, prm, flags) -> tuple[torch.Tensor, torch.Tensor]:
+    def _fused_extrapolate(self, x1, x0, p, a, thr, prm, flags) -> tuple[torch.Tensor, torch.Tensor]:
         """One extrapolation call: ``(sums, new chunk)``. Compiled, the new chunk is the scratch chunk (a
         store into ``p``, which the sums read, would cost a second loop); eagerly it is ``p`` itself."""
-        out = self._scratch(p) if kernel.compiled_for(x1) else p
-        return kernel(x1, x0, p, a, thr, prm, out, **flags), out
+        out = self._scratch(p) if K.extrapolate.compiled_for(x1) else p
+        return K.extrapolate(x1, x0, p, a, thr, prm, out, **flags), out
 
     def _extrapolate_small(self, items, thr, prm, flags, stride: int, sampled) -> torch.Tensor:
         """One kernel call for many small chunks ``(x1, x0, theta, theta0, tensor index, global offset)``
@@ -789,7 +792,7 @@ class GXPORule(_GatedRule):
         (``thr`` holds one per tensor; a 0-d ``thr`` is everyone's) and copied back, a handful of calls
         however many chunks. Adds the median's samples at the chunks' fixed positions to ``sampled``;
         returns the five sums."""
-        x1, x0, p, a = (_flat([it[k] for it in items]) for k in range(4))
+        x1, x0, p, a = (_flatten_dense_tensors([it[k] for it in items]) for k in range(4))
         dev = x1.device
         n = np.array([it[0].numel() for it in items], dtype=np.int64)
         if thr.dim():
@@ -807,9 +810,9 @@ class GXPORule(_GatedRule):
             for dst, src in zip(sampled, (x1[at].to(prm.dtype), x0[at].to(prm.dtype),
                                           thr[at] if thr.dim() else thr.expand(at.numel()), pos)):
                 dst.append(src)
-        sums, out = self._fused_extrapolate(K.extrapolate, x1, x0, p, a, thr, prm, flags)
+        sums, out = self._fused_extrapolate(x1, x0, p, a, thr, prm, flags)
         dst = [it[2] for it in items]
-        torch._foreach_copy_(dst, torch._utils._unflatten_dense_tensors(out, dst))
+        torch._foreach_copy_(dst, _unflatten_dense_tensors(out, dst))
         return sums
 
     @staticmethod
