@@ -295,3 +295,35 @@ def test_compiled_reductions_sum_rows_without_the_cascade_helper(n):
         assert "cascade_sum_combine" not in code, (name, code)
         torch.testing.assert_close(got, torch.stack(ref).reshape(got.shape), rtol=1e-6, atol=1e-6 * n**0.5)  # dot ~ 0
         torch.testing.assert_close(got, fn(*args), rtol=1e-6, atol=1e-6 * n**0.5)  # eager: ATen's sum
+
+
+@pytest.mark.parametrize("nb", [False, True], ids=["device_buffers", "host_buffers"])
+@pytest.mark.parametrize("scale", [1.0, 4.0], ids=["unscaled", "grad_scaler"])
+def test_g0_snapshot_is_the_unscaled_gradient(nb, scale):
+    """g0 <- grad / scale, zero where no gradient arrived; ``nb`` (host buffers on a GPU) divides on the
+    device before the non-blocking copy, the other path after a multi-tensor copy: the same values."""
+    g = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in ((5, 3), (7,), (4,))]
+    for p in params[:2]:
+        p.grad = torch.randn(p.shape, generator=g)
+    g0 = [torch.full_like(p, 9.0) for p in params]
+    rule = GXPORule(params, {"K": 5})
+    rule._snapshot_grad(params, g0, scale, nb)
+    torch.testing.assert_close(g0[0], params[0].grad / scale, rtol=0, atol=0)
+    torch.testing.assert_close(g0[1], params[1].grad / scale, rtol=0, atol=0)
+    assert torch.equal(g0[2], torch.zeros(4))
+
+
+def test_chunk_sums_move_the_second_column_of_every_chunk():
+    """The corrective dots with host buffers: ``move`` brings each g0 chunk to the device, for a chunk
+    reduced alone and for a batch alike; the sums equal one float64 reference."""
+    g = torch.Generator().manual_seed(0)
+    gs = [torch.randn(n, generator=g) for n in (40, 7, 300)]
+    bs = [torch.randn(n, generator=g) for n in (40, 7, 300)]
+    moved = []
+    got = rules._chunk_sums(K.dots, 3, list(zip(gs, bs)), torch.device("cpu"),
+                            move=lambda c: moved.append(c.numel()) or c.clone())
+    ref = [sum(float((a.double() * b.double()).sum()) for a, b in zip(gs, bs)),
+           sum(float(a.double().square().sum()) for a in gs), sum(float(b.double().square().sum()) for b in bs)]
+    torch.testing.assert_close(got, torch.tensor(ref, dtype=torch.float64), rtol=1e-6, atol=1e-6)
+    assert sorted(moved) == [7, 40, 300]
