@@ -10,8 +10,11 @@ are printed separately: the parameter-sized snapshot buffers (two for ``carry``;
 per parameter plus step counts).
 
 It also prints the rule's own work against a memory floor: the time of 12 parameter-sized passes
-(4 ``torch.add`` over flat buffers of the same size), measured in the same run with the rules'
-repeats interleaved round-robin; one process per thread count (``--threads 1,0``: one and all).
+(4 ``torch.add`` over 12 distinct flat buffers of the parameters' size, as the rule's passes are over
+distinct tensors), measured in the same run with the rules' repeats interleaved round-robin; one
+process per thread count (``--threads 1,0``: one and all). The floor of earlier runs, the same adds
+over 3 reused buffers, is printed under each table: a cache that holds 3 parameter-sized buffers
+(this machine's L3 holds 3 x 67 MB, not 3 x 268 MB at ``--width 4096``) makes that one a cache floor.
 
     python benchmarks/bench_core.py [--width 2048 --depth 3 --batches 256 --repeats 5 --threads 1,0]
 """
@@ -134,14 +137,22 @@ def setup(rule_name, width, depth, batch, dev, host_buffers=False):
     return once, info
 
 
-def floor_once(n: int, dev):
-    """Time of ``FLOOR_PASSES`` parameter-sized passes: FLOOR_PASSES / 3 ``torch.add`` over flat buffers."""
-    a, b, c = (torch.randn(n, device=dev) for _ in range(3))
+def floor_once(n: int, dev, distinct: bool = True):
+    """Time of ``FLOOR_PASSES`` parameter-sized passes: FLOOR_PASSES / 3 ``torch.add``.
+
+    ``distinct``: over FLOOR_PASSES distinct buffers, as the rule's passes are (theta, theta0, g, g0 and the
+    scratch chunk are separate tensors), so no pass finds its bytes in a cache the previous pass filled.
+    Otherwise over three buffers reused by every add (the floor earlier runs printed): where a cache
+    holds three parameter-sized buffers (this machine's 300 MB L3 holds 3 x 67 MB), that floor times
+    the cache, not memory.
+    """
+    bufs = [torch.randn(n, device=dev) for _ in range(FLOOR_PASSES if distinct else 3)]
+    triples = [bufs[3 * i:3 * i + 3] if distinct else bufs for i in range(FLOOR_PASSES // 3)]
 
     def once():
         sync(dev)
         t = time.perf_counter()
-        for _ in range(FLOOR_PASSES // 3):
+        for a, b, c in triples:
             torch.add(a, b, out=c)
         sync(dev)
         return time.perf_counter() - t
@@ -160,13 +171,16 @@ def run(args, dev):
         names = ("grpo", "sfpo", *GXPO_OPTIONS)
         runs = {r: setup(r, args.width, args.depth, b, dev) for r in names}
         floor = floor_once(runs["grpo"][1]["params"], dev)
+        floor_reused = floor_once(runs["grpo"][1]["params"], dev, distinct=False)
         res = {r: [] for r in names}
-        floors = []
+        floors, floors_reused = [], []
         for _ in range(args.repeats):  # round-robin: drift in machine load hits every rule alike
             for r in names:
                 res[r].append(runs[r][0]())
                 floors.append(floor())
+                floors_reused.append(floor_reused())
         fl = statistics.median(floors)
+        fl_reused = statistics.median(floors_reused)
         med = {r: [statistics.median(x[i] for x in res[r]) for i in range(3)] for r in names}
         for r in names:
             info = runs[r][1]
@@ -175,6 +189,8 @@ def run(args, dev):
             print(f"{r:16} {b:>6} {info['params']:>10} {1e3 * one:>10.2f} {1e3 * own:>8.2f} {1e3 * fl:>9.2f} "
                   f"{own / fl:>10.2f} {own / med['gxpo'][1]:>8.2f} {PASSES[r]:>11} {1e3 * total:>10.2f} "
                   f"{total / med['grpo'][0]:>7.2f} {(info['extra_bytes'] + info['state_bytes']) / info['param_bytes']:>13.2f}")
+        print(f"  floor over 3 reused buffers: {1e3 * fl_reused:.2f} ms; gxpo own / that floor "
+              f"{med['gxpo'][1] / fl_reused:.2f}, gxpo_authors {med['gxpo_authors'][1] / fl_reused:.2f}")
         if dev.type == "cuda":
             for hb in (False, True):
                 torch.cuda.empty_cache()
@@ -184,7 +200,8 @@ def run(args, dev):
                 once()
                 print(f"  gxpo host_buffers={hb}: peak device bytes above start {torch.cuda.max_memory_allocated() - before}")
     print(f"  own = the rule's work per active update (update minus its passes and optimizer steps); floor = "
-          f"{FLOOR_PASSES} parameter-sized memory passes ({FLOOR_PASSES // 3} torch.add); own passes = the "
+          f"{FLOOR_PASSES} parameter-sized memory passes ({FLOOR_PASSES // 3} torch.add over {FLOOR_PASSES} distinct "
+          f"buffers); own passes = the "
           f"parameter-sized reads + writes the rule makes; goal: gxpo own/floor <= 1.5, gxpo_authors x paper <= 1.2")
 
 
