@@ -327,3 +327,26 @@ def test_chunk_sums_move_the_second_column_of_every_chunk():
            sum(float(a.double().square().sum()) for a in gs), sum(float(b.double().square().sum()) for b in bs)]
     torch.testing.assert_close(got, torch.tensor(ref, dtype=torch.float64), rtol=1e-6, atol=1e-6)
     assert sorted(moved) == [7, 40, 300]
+
+
+@pytest.mark.slow
+def test_a_dispatch_mode_runs_the_kernels_eagerly_and_leaves_compilation_on(monkeypatch):
+    """Counting syncs (a TorchDispatchMode, which torch.compile cannot trace under) must not switch the
+    compiled kernels off for the rest of the process: benchmarks/bench_gpu.py counts each rule's syncs
+    between its timing runs, and every run after the first count was timed with the eager kernels."""
+    if not K._compiler_available(torch.device("cpu")):
+        pytest.skip("no C++ compiler for inductor on this machine")
+    monkeypatch.setenv(K.KERNELS_ENV, "auto")
+    monkeypatch.setattr(K.Kernel, "_disabled", {})
+    kernel = K.Kernel(K._sumsq)
+    x = torch.randn(K.MIN_COMPILED_NUMEL, generator=torch.Generator().manual_seed(0))
+    ref = x.double().square().sum()
+    with SyncCounter() as c:
+        inside = kernel(x)
+    assert c.count == 0, c.ops
+    assert K.Kernel._disabled == {} and kernel._compiled is None  # ran eagerly, tried no compile
+    assert kernel.compiled_for(x)
+    outside = kernel(x)
+    assert kernel._compiled is not None and K.Kernel._disabled == {}
+    torch.testing.assert_close(inside.reshape(()), ref, rtol=1e-6, atol=0)
+    torch.testing.assert_close(outside.reshape(()), ref, rtol=1e-6, atol=0)

@@ -15,7 +15,9 @@ across chunks in float64. The same Python function runs in two ways:
 ``GXPO_KERNELS`` selects: ``auto`` (default: compiled for contiguous chunks of at least
 ``MIN_COMPILED_NUMEL`` elements when a C++ compiler (CPU) or Triton (GPU) is present; a compile
 failure falls back to eager with one warning), ``compile`` (always compile; failures raise) or
-``eager``. Both ways give the same numbers up to float rounding of the reductions.
+``eager``. Both ways give the same numbers up to float rounding of the reductions. Under a
+``TorchDispatchMode`` (:class:`verl_ext.testing.sync_count.SyncCounter`, a FLOP counter), which
+torch.compile cannot trace, a call runs eagerly and compilation stays on for the calls after it.
 
 The scale is ``s = S_K(r) / S_2(r)`` with ``S_n(r) = 1 + r + ... + r^(n-1)`` evaluated by Horner's
 rule (K - 1 multiply-adds, no transcendental and no 0/0 at r = 1); see
@@ -34,6 +36,7 @@ import warnings
 from typing import Optional
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 KERNELS_ENV = "GXPO_KERNELS"
 KERNEL_MODES = ("auto", "compile", "eager")
@@ -279,7 +282,9 @@ class Kernel:
 
     def __call__(self, *args, **static):
         t = args[0]
-        if self.compiled_for(t):
+        # under a TorchDispatchMode (SyncCounter, FlopCounterMode) torch.compile traces nothing: run the
+        # same ops eagerly for this call, and leave compilation on for the calls after it
+        if self.compiled_for(t) and _get_current_dispatch_mode() is None:
             if self._compiled is None:
                 self._compiled = torch.compile(self.fn, dynamic=True, fullgraph=True, options=compile_options())
             try:
