@@ -335,10 +335,9 @@ def warm_scaler(eng: Engine, tries: int = 24) -> None:
         eng.scaler.update(eng.scaler.get_scale() * eng.scaler.get_backoff_factor())
 
 
-def print_tables(args, timings: dict, prec: dict) -> None:
+def print_timing_header(args, timing: dict) -> None:
     dev = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    first = next(iter(timings.values()))
-    n_params = first["grpo"]["param_bytes"] // 4
+    n_params = timing["grpo"]["param_bytes"] // 4
     print(f"device={dev} size={args.size} trainable params={n_params / 1e6:.1f}M dtype={args.dtype} "
           f"seq={args.seq} (response<={args.response}, {args.micro_batches} micro-batches) repeats={args.repeats} "
           f"(interleaved; medians)")
@@ -346,30 +345,40 @@ def print_tables(args, timings: dict, prec: dict) -> None:
     print("1-2. time, memory and host syncs per update (GXPO/SFPO always active)")
     print(f"{'rule':30} {'tokens':>7} {'s/update':>9} {'x grpo':>7} {'passes':>7} {'peak GB':>8} {'extra copies':>13} "
           f"{'syncs':>6} {'goal':>26}")
-    for batch, timing in timings.items():
-        base = timing["grpo"]
-        for label, r in timing.items():
-            ratio = r["seconds"] / base["seconds"]
-            if r["peak"] is not None:
-                extra = (r["peak"] - base["peak"]) / r["param_bytes"]
-                peak = f"{r['peak'] / 2**30:8.2f}"
-                extra_s = f"{extra:13.2f}"
-            else:  # CPU: torch keeps no allocator statistics; the rule's own persistent buffers
-                peak = f"{'n/a':>8}"
-                extra_s = f"{r['buffer_bytes'] / r['param_bytes']:12.2f}*"
-            goal = ""
-            if "host_buffers" in label:
-                goal = f"<={GOAL_HOST_BUFFERS}x gxpo, 0 copies"
-                ratio_hb = r["seconds"] / timing["gxpo paper_text"]["seconds"]
-                goal += f" ({ratio_hb:.2f}x)"
-            elif label.startswith("gxpo"):
-                goal = f"<={GOAL_TIME_RATIO}x, {GOAL_EXTRA_COPIES:.0f} copies"
-            print(f"{label:30} {r['tokens']:>7} {r['seconds']:9.3f} {ratio:7.2f} {r['passes']:7.1f} {peak} {extra_s} "
-                  f"{r['syncs']:>6} {goal:>26}")
-    if first["grpo"]["peak"] is None:
+
+
+def print_timing(timing: dict) -> None:
+    """The rows of one batch size (printed as soon as it is measured: a run cut off by the time limit
+    still shows the sizes it finished)."""
+    base = timing["grpo"]
+    for label, r in timing.items():
+        ratio = r["seconds"] / base["seconds"]
+        if r["peak"] is not None:
+            extra = (r["peak"] - base["peak"]) / r["param_bytes"]
+            peak = f"{r['peak'] / 2**30:8.2f}"
+            extra_s = f"{extra:13.2f}"
+        else:  # CPU: torch keeps no allocator statistics; the rule's own persistent buffers
+            peak = f"{'n/a':>8}"
+            extra_s = f"{r['buffer_bytes'] / r['param_bytes']:12.2f}*"
+        goal = ""
+        if "host_buffers" in label:
+            goal = f"<={GOAL_HOST_BUFFERS}x gxpo, 0 copies"
+            ratio_hb = r["seconds"] / timing["gxpo paper_text"]["seconds"]
+            goal += f" ({ratio_hb:.2f}x)"
+        elif label.startswith("gxpo"):
+            goal = f"<={GOAL_TIME_RATIO}x, {GOAL_EXTRA_COPIES:.0f} copies"
+        print(f"{label:30} {r['tokens']:>7} {r['seconds']:9.3f} {ratio:7.2f} {r['passes']:7.1f} {peak} {extra_s} "
+              f"{r['syncs']:>6} {goal:>26}")
+
+
+def print_timing_footer(timing: dict) -> None:
+    if timing["grpo"]["peak"] is None:
         print("  * CPU: persistent rule buffers / trainable-parameter bytes (no device allocator statistics)")
     print("  syncs: host-device synchronisations the rule itself makes in one update (the engine's closures excluded)")
     print()
+
+
+def print_precision(prec: dict) -> None:
     print("3. GXPO ratio statistics of one active update: bf16 and fp16 (grad scaler) against fp32")
     cols = RATIO_STATS
     print(f"{'variant':11} {'dtype':5} " + " ".join(f"{c:>22}" for c in cols))
@@ -412,11 +421,18 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device is available (use --device cpu)")
+    sys.stdout.reconfigure(line_buffering=True)  # each table row as it is printed, also into a pipe
     init_process_group(args.device)
+    t0 = time.perf_counter()
     try:
-        timings = {b: time_rules(args, b) for b in args.batch}
-        prec = precision_stats(args)
-        print_tables(args, timings, prec)
+        for i, b in enumerate(args.batch):  # each size printed when measured
+            timing = time_rules(args, b)
+            if i == 0:
+                print_timing_header(args, timing)
+            print_timing(timing)
+        print_timing_footer(timing)
+        print_precision(precision_stats(args))
+        print(f"bench_gpu: done in {time.perf_counter() - t0:.0f} s")
     finally:
         dist.destroy_process_group()
 

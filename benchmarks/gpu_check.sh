@@ -8,6 +8,7 @@
 # Prints one table: seconds per update x GRPO for each rule, peak memory, extra parameter copies,
 # host syncs per update, and GXPO's bf16 / fp16 ratio statistics against fp32. Bounded by
 # LIMIT seconds (default 480: it must finish in 8 minutes); the first run compiles GXPO's kernels.
+# Each batch size's rows are printed when it is measured: a run cut off at LIMIT keeps them.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"

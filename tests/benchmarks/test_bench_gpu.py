@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -110,3 +111,26 @@ def test_gpu_check_script_runs_in_cpu_mode():
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert float(_row(res.stdout, "gxpo paper_text")[3]) == 3.0
     assert "3. GXPO ratio statistics" in res.stdout
+
+
+_KILLED_DRIVER = """
+import importlib.util, os, signal
+spec = importlib.util.spec_from_file_location("bench_gpu", {bench!r})
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+bench.precision_stats = lambda args: os.kill(os.getpid(), signal.SIGTERM)  # gpu_check.sh's time limit, here
+bench.main(["--size", "tiny", "--device", "cpu", "--repeats", "1", "--threads", "1", "--batch", "4,8"])
+"""
+
+
+def test_a_run_cut_off_by_the_time_limit_keeps_the_rows_it_measured():
+    """gpu_check.sh ends bench_gpu.py with SIGTERM at its limit: the batch sizes measured by then are on
+    stdout (a pipe: block-buffered unless the script flushes each row), not lost with the process."""
+    env = clean_env(OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    env.pop("PYTHONUNBUFFERED", None)  # as on a bare GPU machine
+    res = subprocess.run([sys.executable, "-c", _KILLED_DRIVER.format(bench=BENCH)], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == -signal.SIGTERM, (res.returncode, res.stderr[-3000:])
+    for label in LABELS:
+        assert sorted(int(r[0]) for r in _rows(res.stdout, label)) == [4 * 48, 8 * 48], res.stdout
+    assert "3. GXPO ratio statistics" not in res.stdout
