@@ -61,12 +61,14 @@ _VIEWS = {"view", "_unsafe_view", "slice", "select", "expand", "as_strided", "al
           "squeeze"}
 
 
-@pytest.mark.parametrize("cfg", [{"variant": "paper_text"}, {"variant": "authors"}], ids=["paper_text", "authors"])
+@pytest.mark.parametrize("cfg", [{"variant": "paper_text"}, {"variant": "authors"},
+                                 {"variant": "paper_text", "active_mode": "relative_rms"}],
+                         ids=["paper_text", "authors", "relative_rms"])
 def test_ops_per_tensor_are_views_only(monkeypatch, cfg):
     """Small tensors (one chunk each) go through every phase in flattened batches: a tensor more adds a
     few view ops (metadata, no kernel), not the few dozen eager ops per phase it took one by one
-    (on a GPU each of those is a launch). ``active_mode: relative_rms`` still sums each tensor's
-    squares on its own (a per-tensor threshold)."""
+    (on a GPU each of those is a launch). With ``active_mode: relative_rms`` the per-tensor sums of
+    squares (each tensor's threshold) are one batched ``index_add_`` too."""
     monkeypatch.setenv(K.KERNELS_ENV, "eager")
     cfg = {"K": 5, "shutoff": "never", **cfg}
     small, large = _count(4, cfg).dispatched, _count(200, cfg).dispatched
@@ -350,3 +352,17 @@ def test_a_dispatch_mode_runs_the_kernels_eagerly_and_leaves_compilation_on(monk
     assert kernel._compiled is not None and K.Kernel._disabled == {}
     torch.testing.assert_close(inside.reshape(()), ref, rtol=1e-6, atol=0)
     torch.testing.assert_close(outside.reshape(()), ref, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["eager", "auto"])
+def test_tensor_sums_are_each_tensors_finite_sum_of_squares(monkeypatch, mode):
+    """The relative-RMS thresholds' per-tensor sums: tensors compiled alone (``auto``, where a compiler is
+    present), small ones batched and split back by tensor, a non-contiguous one, non-finite entries as 0."""
+    monkeypatch.setenv(K.KERNELS_ENV, mode)
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(n, generator=g) for n in (7, K.MIN_COMPILED_NUMEL + 5, 1, 300)]
+    xs.append(torch.randn(6, 5, generator=g).t())  # not contiguous
+    xs[0][3], xs[3][10], xs[1][-1] = float("inf"), float("nan"), float("-inf")
+    got = rules._tensor_sums(xs, torch.device("cpu"))
+    ref = torch.stack([torch.where(torch.isfinite(x), x, 0.0).double().square().sum() for x in xs])
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=0)

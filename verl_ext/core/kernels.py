@@ -226,6 +226,13 @@ def _finite_sumsq(x) -> torch.Tensor:
     return _total(x.square()).to(F64)
 
 
+def add_finite_squares_(out: torch.Tensor, which: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``out[which[j]] += x[j]^2`` over the finite entries of the flat ``x`` (float64 ``out``; squares in the
+    compute dtype): the per-tensor sums of a batch of small tensors in one call. Eager only (small batches)."""
+    x = x.to(compute_dtype(x.dtype))
+    return out.index_add_(0, which, torch.where(x.abs() < _INF, x, 0.0).square().to(F64))
+
+
 # -- dispatch --------------------------------------------------------------------------------------
 
 def _stores_first(graph: torch.fx.Graph) -> None:

@@ -121,6 +121,33 @@ def _chunk_sums(kernel: K.Kernel, n: int, rows, dev, move=None) -> torch.Tensor:
     return K.sum_stacked(parts, n, dev)
 
 
+def _tensor_sums(xs: Sequence[torch.Tensor], dev) -> torch.Tensor:
+    """Per tensor of ``xs``, its sum of finite squares (float64, on ``dev``; the relative-RMS thresholds): a
+    chunk the kernel compiles for in one call, small chunks as flattened batches (:func:`_route`) summed
+    per tensor by one ``index_add_`` -- a handful of calls however many tensors."""
+    n = len(xs)
+
+    def entries():
+        for i, x in enumerate(xs):
+            for c in chunks(x, CHUNK_NUMEL):
+                yield K.finite_sumsq.compiled_for(c), c.dtype, c.numel(), (c, i)
+
+    out = torch.zeros(n, dtype=torch.float64, device=dev)
+    alone, owners = [], []
+    for kind, it in _route(entries()):
+        if kind == "one":
+            alone.append(K.finite_sumsq(it[0].to(dev)).reshape(1))
+            owners.append(it[1])
+            continue
+        flat = _flatten_dense_tensors([c for c, _ in it]).to(dev)
+        which = K.to_device(torch.tensor([i for _, i in it], dtype=torch.int64), dev)
+        sizes = K.to_device(torch.tensor([c.numel() for c, _ in it], dtype=torch.int64), dev)
+        K.add_finite_squares_(out, which.repeat_interleave(sizes, output_size=flat.numel()), flat)
+    if alone:
+        out.index_add_(0, K.to_device(torch.tensor(owners, dtype=torch.int64), dev), torch.cat(alone))
+    return out
+
+
 class UpdateRule:
     """Shared bookkeeping: parameters, counters, budget metrics, decisions, persistence."""
 
@@ -681,12 +708,8 @@ class GXPORule(_GatedRule):
         c = self.config
         if c.active_mode == "absolute":
             return K.device_vector([c.active_eps / x0_unit] * len(pairs), prm_dtype, dev)
-        sums = []
-        for _, x0 in pairs:
-            parts = [K.finite_sumsq(xc.to(dev)) for xc in chunks(x0, CHUNK_NUMEL)]
-            sums.append(K.sum_stacked(parts, 0, dev).sum() if parts else torch.zeros((), dtype=torch.float64, device=dev))
         numel = K.device_vector([x0.numel() for _, x0 in pairs], torch.float64, dev)
-        vec = torch.cat([torch.stack(sums), numel])
+        vec = torch.cat([_tensor_sums([x0 for _, x0 in pairs], dev), numel])
         self.comm.all_reduce_sum(vec)
         n = len(pairs)
         thr = c.active_rel * torch.sqrt(vec[:n] / vec[n:].clamp_min(1.0))
