@@ -219,18 +219,21 @@ def _sumsq(x) -> torch.Tensor:
     return _total(x.to(compute_dtype(x.dtype)).square()).to(F64)
 
 
+def _finite_squares(x) -> torch.Tensor:
+    """``x^2`` in the compute dtype, 0 where ``x`` is not finite."""
+    x = x.to(compute_dtype(x.dtype))
+    return torch.where(x.abs() < _INF, x, 0.0).square()
+
+
 def _finite_sumsq(x) -> torch.Tensor:
     """Sum of squares with non-finite entries counted as 0 (the relative-RMS active threshold)."""
-    x = x.to(compute_dtype(x.dtype))
-    x = torch.where(x.abs() < _INF, x, 0.0)
-    return _total(x.square()).to(F64)
+    return _total(_finite_squares(x)).to(F64)
 
 
 def add_finite_squares_(out: torch.Tensor, which: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``out[which[j]] += x[j]^2`` over the finite entries of the flat ``x`` (float64 ``out``; squares in the
     compute dtype): the per-tensor sums of a batch of small tensors in one call. Eager only (small batches)."""
-    x = x.to(compute_dtype(x.dtype))
-    return out.index_add_(0, which, torch.where(x.abs() < _INF, x, 0.0).square().to(F64))
+    return out.index_add_(0, which, _finite_squares(x).to(F64))
 
 
 # -- dispatch --------------------------------------------------------------------------------------

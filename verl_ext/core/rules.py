@@ -121,6 +121,16 @@ def _chunk_sums(kernel: K.Kernel, n: int, rows, dev, move=None) -> torch.Tensor:
     return K.sum_stacked(parts, n, dev)
 
 
+def _indices(values: Sequence[int], dev) -> torch.Tensor:
+    """Host integers as an int64 index vector on ``dev`` (no blocking copy)."""
+    return K.to_device(torch.as_tensor(values, dtype=torch.int64), dev)
+
+
+def _per_element(values: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+    """``values[k]`` repeated ``sizes[k]`` times, on ``values``' device (the output size is given: no sync)."""
+    return values.repeat_interleave(_indices(sizes, values.device), output_size=int(sum(sizes)))
+
+
 def _tensor_sums(xs: Sequence[torch.Tensor], dev) -> torch.Tensor:
     """Per tensor of ``xs``, its sum of finite squares (float64, on ``dev``; the relative-RMS thresholds): a
     chunk the kernel compiles for in one call, small chunks as flattened batches (:func:`_route`) summed
@@ -140,11 +150,9 @@ def _tensor_sums(xs: Sequence[torch.Tensor], dev) -> torch.Tensor:
             owners.append(it[1])
             continue
         flat = _flatten_dense_tensors([c for c, _ in it]).to(dev)
-        which = K.to_device(torch.tensor([i for _, i in it], dtype=torch.int64), dev)
-        sizes = K.to_device(torch.tensor([c.numel() for c, _ in it], dtype=torch.int64), dev)
-        K.add_finite_squares_(out, which.repeat_interleave(sizes, output_size=flat.numel()), flat)
+        K.add_finite_squares_(out, _per_element(_indices([i for _, i in it], dev), [c.numel() for c, _ in it]), flat)
     if alone:
-        out.index_add_(0, K.to_device(torch.tensor(owners, dtype=torch.int64), dev), torch.cat(alone))
+        out.index_add_(0, _indices(owners, dev), torch.cat(alone))
     return out
 
 
@@ -819,8 +827,7 @@ class GXPORule(_GatedRule):
         dev = x1.device
         n = np.array([it[0].numel() for it in items], dtype=np.int64)
         if thr.dim():
-            which = K.to_device(torch.tensor([it[4] for it in items], dtype=torch.int64), dev)
-            thr = thr[which].repeat_interleave(K.to_device(torch.from_numpy(n), dev), output_size=x1.numel())
+            thr = _per_element(thr[_indices([it[4] for it in items], dev)], n)
         # the median's samples: every coordinate whose global position (offset + j) is a multiple of stride
         offset = np.array([it[5] for it in items], dtype=np.int64)
         first = (-offset) % stride
